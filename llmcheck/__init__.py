@@ -1,0 +1,13 @@
+"""llmcheck: a pytest plugin that puts a PyTorch language model through production checks.
+
+Model files use the decorators; third-party checks use `Check`, `Param`, `Verdict` and `Skip`
+and register under the ``llmcheck.checks`` entry-point group. Everything else is private.
+"""
+
+from llmcheck.declare import compressed, eval_data, inputs, loss, model, optimizer, train_data
+from llmcheck.registry import Check, Param
+from llmcheck.results import Skip, Verdict
+
+__version__ = "0.1.0"
+__all__ = ["model", "inputs", "loss", "eval_data", "train_data", "optimizer", "compressed",
+           "Check", "Param", "Verdict", "Skip"]

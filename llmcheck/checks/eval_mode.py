@@ -1,0 +1,73 @@
+"""eval: eval-mode outputs repeat exactly, do not depend on the grad mode, and survive a
+train()/eval() round trip. Catches dropout or noise left active in eval and ``train()`` overrides
+that leave state behind. The culprit is the first module (in execution order) whose output differs.
+"""
+
+from __future__ import annotations
+
+from llmcheck.registry import Check, Param
+from llmcheck.results import Verdict
+
+COMPARISONS = {
+    "repeat": "two eval forwards",
+    "no_grad": "grad mode vs torch.no_grad",
+    "inference_mode": "grad mode vs torch.inference_mode",
+    "toggle": "before vs after model.train(); model.eval()",
+}
+
+
+def measure(ctx, p) -> dict:
+    import torch
+
+    from llmcheck.tensors import first_divergence, max_abs_diff, record_module_outputs
+
+    t = ctx.target
+    model = t.build().eval()
+    still_training = [name for name, mod in model.named_modules() if mod.training]
+    batch = t.batch()
+
+    def run(mode: str):
+        guard = {"grad": torch.enable_grad, "no_grad": torch.no_grad, "inference_mode": torch.inference_mode}[mode]
+        with guard():
+            return record_module_outputs(model, lambda: t.logits(t.forward(model, batch)))
+
+    base, base_rec = run("no_grad")
+    again, again_rec = run("no_grad")
+    grad, grad_rec = run("grad")
+    infer, infer_rec = run("inference_mode")
+    model.train()
+    model.eval()
+    toggled, toggled_rec = run("no_grad")
+    pairs = {"repeat": (base, again, base_rec, again_rec), "no_grad": (grad, base, grad_rec, base_rec),
+             "inference_mode": (grad, infer, grad_rec, infer_rec), "toggle": (base, toggled, base_rec, toggled_rec)}
+    out = {"still_training": still_training, "comparisons": {}}
+    for name, (a, b, ra, rb) in pairs.items():
+        d = max_abs_diff(a, b)
+        culprit = first_divergence(ra, rb, p.atol) if d > p.atol else None
+        out["comparisons"][name] = {"max_abs_diff": d, "culprit": culprit[0] if culprit else None,
+                                    "culprit_abs_diff": culprit[1] if culprit else None}
+    return out
+
+
+def judge(m: dict, p) -> Verdict:
+    problems = []
+    if m["still_training"]:
+        problems.append(f"after model.eval() these modules still have training=True: {', '.join(m['still_training'][:5])}")
+    for name, c in m["comparisons"].items():
+        if c["max_abs_diff"] > p.atol:
+            where = f"; first differing module: {c['culprit']} (max |Δ| = {c['culprit_abs_diff']:.3g})" if c["culprit"] else ""
+            problems.append(f"{COMPARISONS[name]}: outputs differ (max |Δ| = {c['max_abs_diff']:.3g} > atol {p.atol:g}){where}")
+    if problems:
+        return Verdict("failed", "; ".join(problems))
+    return Verdict("passed", f"eval outputs identical across {len(m['comparisons'])} comparisons "
+                             f"({', '.join(COMPARISONS.values())}; max |Δ| <= atol {p.atol:g})")
+
+
+CHECK = Check(
+    name="eval",
+    family="eval",
+    summary="eval outputs repeat exactly; no_grad and inference_mode equal grad mode; train/eval toggling leaves no trace",
+    measure=measure,
+    judge=judge,
+    params={"atol": Param(float, 0.0, "largest |Δ| allowed between outputs that must be equal", minimum=0)},
+)

@@ -1,0 +1,151 @@
+"""pytest collectors and items for model files: file -> model -> one item per check.
+
+The model file is imported in a worker, never in the pytest process (which stays torch-free); the
+worker that described the file goes on to run its first model's checks.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmcheck.registry import Check
+from llmcheck.results import FAILING, Result
+from llmcheck.settings import GLOBAL_PARAMS, Layer, SettingsError, resolve
+from llmcheck.worker import WorkerFailure, WorkerPool
+
+DECLARES_MODEL = re.compile(r"@\s*(?:llmcheck\s*\.\s*)?model\b")
+
+
+@dataclass
+class State:
+    """Per-session plugin state, kept in ``config.stash``."""
+
+    checks: dict[str, Check]
+    layers: list[Layer]  # pyproject and ini settings
+    cli_layer: Layer
+    pool: WorkerPool
+    results: dict[str, Result] = field(default_factory=dict)
+
+    def global_settings(self) -> dict[str, Any]:
+        """Global settings for collection; a bad value falls back to its default here and fails items later."""
+        values = {k: p.default for k, p in GLOBAL_PARAMS.items()}
+        for layer in [*self.layers, self.cli_layer]:
+            values.update({k: v for k, v in layer.values.items() if k in GLOBAL_PARAMS and isinstance(v, (int, float))})
+        return values
+
+
+def declares_models(path: Path) -> bool:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return "llmcheck" in text and bool(DECLARES_MODEL.search(text))
+
+
+class CheckFailed(Exception):
+    """Raised by an item whose check did not pass; carries the result for ``repr_failure``."""
+
+    def __init__(self, result: Result):
+        super().__init__(result.message)
+        self.result = result
+
+
+class ModelFile(pytest.File):
+    """A Python file that declares models with ``@llmcheck.model``."""
+
+    def collect(self):
+        state: State = self.config.stash[STATE_KEY]
+        settings = state.global_settings()
+        key = ("describe", str(self.path))
+        message = {"op": "describe", "file": str(self.path)}
+        try:
+            reply, _ = state.pool.request(key, message, timeout=settings["startup_timeout"],
+                                          startup_timeout=settings["startup_timeout"])
+        except WorkerFailure as exc:
+            raise self.CollectError(f"llmcheck could not load {self.path.name}: {exc.message}\n\n{exc.trace}\n{exc.output}")
+        if reply["op"] == "error":
+            raise self.CollectError(f"llmcheck: {reply['message']}" + (f"\n\n{reply['trace']}" if reply.get("trace") else ""))
+        models = reply["models"]
+        state.pool.adopt(key, (str(self.path), models[0]["name"]))
+        for info in models:
+            yield ModelNode.from_parent(self, name=info["name"], info=info)
+
+
+class ModelNode(pytest.Collector):
+    """One declared model; its children are the checks."""
+
+    def __init__(self, *, info: dict[str, Any], **kwargs):
+        super().__init__(**kwargs)
+        self.info = info
+
+    def collect(self):
+        state: State = self.config.stash[STATE_KEY]
+        for check in state.checks.values():
+            item = CheckItem.from_parent(self, name=check.name, check=check)
+            item.add_marker("llmcheck")
+            item.add_marker(check.family)
+            yield item
+
+
+class CheckItem(pytest.Item):
+    """One check on one model, run in that model's worker."""
+
+    def __init__(self, *, check: Check, **kwargs):
+        super().__init__(**kwargs)
+        self.check = check
+        self.model = self.parent.info
+        self.params: dict[str, Any] = {}
+
+    def runtest(self) -> None:
+        state: State = self.config.stash[STATE_KEY]
+        started = time.perf_counter()
+        result = self._run(state)
+        if not result.duration_s:
+            result.duration_s = time.perf_counter() - started
+        state.results[self.nodeid] = result
+        if result.output.strip():
+            self.add_report_section("call", "worker output", result.output)
+        if result.status == "skipped":
+            pytest.skip(result.message)
+        if result.status in FAILING:
+            raise CheckFailed(result)
+
+    def _run(self, state: State) -> Result:
+        model_layer = Layer(f"@llmcheck.model(checks=...) of {self.model['name']} in {self.path.name}",
+                            self.model.get("checks") or {})
+        try:
+            glob, params, enabled = resolve([*state.layers, model_layer, state.cli_layer], state.checks, self.check)
+        except SettingsError as exc:
+            return Result("error", f"llmcheck settings: {exc}")
+        self.params = dict(params)
+        if not enabled:
+            return Result("skipped", f"{self.check.name} is turned off (checks={{{self.check.name!r}: False}})")
+        message = {"op": "run", "file": str(self.path), "model": self.model["name"],
+                   "check": self.check.name, "params": dict(params), "settings": dict(glob)}
+        try:
+            reply, output = state.pool.request((str(self.path), self.model["name"]), message,
+                                               timeout=params["timeout"], startup_timeout=glob["startup_timeout"])
+        except WorkerFailure as exc:
+            return Result(exc.status, exc.message, trace=exc.trace, output=exc.output)
+        result = Result.from_json(reply["result"])
+        result.output = output
+        return result
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, CheckFailed):
+            result = excinfo.value.result
+            text = f"[{result.status}] {result.message}"
+            return text + (f"\n\n{result.trace.rstrip()}" if result.trace else "")
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self):
+        return self.path, max(self.model.get("line", 1) - 1, 0), f"{self.model['name']}::{self.name}"
+
+
+STATE_KEY = pytest.StashKey[State]()

@@ -1,0 +1,149 @@
+"""The pytest plugin (``pytest11`` entry point). Thin: options, collection hooks, report hooks.
+
+Importing this module must stay cheap: no torch here or in anything it imports at module level.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from llmcheck.plugins.items import STATE_KEY, CheckItem, ModelFile, State, declares_models
+from llmcheck.plugins.report_writer import RECORD_ATTR, ReportWriter
+from llmcheck.registry import RegistryError, load_checks
+from llmcheck.settings import Layer, SettingsError, assignments, pyproject_layer
+from llmcheck.worker import WorkerPool
+
+WRITER_KEY = pytest.StashKey[ReportWriter]()
+TMP_KEY = pytest.StashKey[Path]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("llmcheck", "llmcheck: checks for PyTorch language models")
+    group.addoption("--llmcheck", action="store_true", help="collect model files (@llmcheck.model) and run their checks")
+    group.addoption("--llmcheck-json", metavar="PATH", help="JSON report path (default llmcheck-report.json)")
+    group.addoption("--llmcheck-set", metavar="KEY=VALUE", action="append", default=[],
+                    help="override a setting for this run: timeout=60, gradient.overfit_steps=50 (repeatable)")
+    group.addoption("--llmcheck-timeout", metavar="SECONDS", help="per-check timeout (same as --llmcheck-set timeout=...)")
+    group.addoption("--llmcheck-seed", metavar="N", help="seed for every factory call (same as --llmcheck-set seed=N)")
+    group.addoption("--llmcheck-device", metavar="DEVICE", help="cpu, cuda or cuda:N (same as --llmcheck-set device=...)")
+    parser.addini("llmcheck_json", "JSON report path", default="llmcheck-report.json")
+    parser.addini("llmcheck_settings", "settings as KEY=VALUE lines (timeout=60, gradient.overfit_steps=50)", type="linelist")
+
+
+def _cli_layer(config: pytest.Config) -> Layer:
+    lines = list(config.getoption("llmcheck_set"))
+    for key in ("timeout", "seed", "device"):
+        value = config.getoption(f"llmcheck_{key}")
+        if value is not None:
+            lines.append(f"{key}={value}")
+    return assignments(lines, "the command line")
+
+
+def _file_layers(config: pytest.Config) -> list[Layer]:
+    layers = []
+    for candidate in {config.rootpath / "pyproject.toml", *(p for p in [config.inipath] if p and p.name == "pyproject.toml")}:
+        layer = pyproject_layer(candidate)
+        if layer:
+            layers.append(layer)
+    lines = config.getini("llmcheck_settings")
+    if lines:
+        layers.append(assignments(lines, f"llmcheck_settings in {config.inipath or 'the ini file'}"))
+    return layers
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "llmcheck: an llmcheck check item")
+    if not config.getoption("llmcheck"):
+        return
+    try:
+        checks = load_checks()
+        layers, cli = _file_layers(config), _cli_layer(config)
+    except (RegistryError, SettingsError) as exc:
+        raise pytest.UsageError(f"llmcheck: {exc}") from None
+    for family in sorted({c.family for c in checks.values()}):
+        config.addinivalue_line("markers", f"{family}: llmcheck checks of the {family} family")
+    tmp = Path(tempfile.mkdtemp(prefix="llmcheck-"))
+    config.stash[TMP_KEY] = tmp
+    config.stash[STATE_KEY] = State(checks, layers, cli, WorkerPool(tmp, cwd=str(config.rootpath)))
+    if not hasattr(config, "workerinput"):  # xdist workers send records to the controller instead
+        path = config.getoption("llmcheck_json") or config.getini("llmcheck_json")
+        writer = config.stash[WRITER_KEY] = ReportWriter(config, path)
+        config.pluginmanager.register(writer, "llmcheck-report-writer")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(STATE_KEY, None)
+    if state is not None:
+        state.pool.close()
+        shutil.rmtree(config.stash[TMP_KEY], ignore_errors=True)
+    writer = config.stash.get(WRITER_KEY, None)
+    if writer is not None:
+        config.pluginmanager.unregister(writer)
+        del config.stash[WRITER_KEY]
+
+
+def _claims(path: Path, parent: pytest.Collector) -> bool:
+    if not parent.config.getoption("llmcheck") or path.suffix != ".py" or path.name == "conftest.py":
+        return False
+    return declares_models(path) or parent.session.isinitpath(path)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector):
+    # pytest's python plugin imports every file named on the command line as a test module; for
+    # model files we answer instead, so model.py is imported once, in the worker, not in pytest.
+    if _claims(module_path, parent) and (declares_models(module_path) or not _is_test_module(module_path, parent)):
+        return ModelFile.from_parent(parent, path=module_path)
+    return None
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector):
+    # Files the python plugin does not look at (not test_*.py, not named on the command line).
+    if _claims(file_path, parent) and not parent.session.isinitpath(file_path) and not _is_test_module(file_path, parent):
+        return ModelFile.from_parent(parent, path=file_path)
+    return None
+
+
+def _is_test_module(path: Path, parent: pytest.Collector) -> bool:
+    from _pytest.pathlib import fnmatch_ex
+
+    return any(fnmatch_ex(pattern, path) for pattern in parent.config.getini("python_files"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    if isinstance(item, CheckItem) and (report.when == "call" or report.failed or report.skipped):
+        state = item.config.stash[STATE_KEY]
+        result = state.results.pop(item.nodeid, None)
+        setattr(report, RECORD_ATTR, record(item, report, result, state.pool.env))
+    return report
+
+
+def record(item: CheckItem, report: pytest.TestReport, result, env) -> dict:
+    """The report's view of one item: what ran, with which parameters, and how it ended."""
+    from llmcheck.results import Result
+
+    if result is None:  # ended before the check ran: a pytest skip mark, a setup error, -x
+        status = "skipped" if report.skipped else ("passed" if report.passed else "error")
+        result = Result(status, str(report.longrepr)[-2000:] if report.longrepr else "")
+    data = result.to_json()
+    data.update(id=item.nodeid, file=str(item.path), model=item.model["name"], check=item.check.name,
+                family=item.check.family, params=item.params)
+    if env:
+        data["environment"] = env
+    return data
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    state = config.stash.get(STATE_KEY, None)
+    if state is None:
+        return None
+    glob = state.global_settings()
+    return [f"llmcheck: {len(state.checks)} checks ({', '.join(state.checks)}); seed={glob['seed']}, "
+            f"device={glob['device']}, timeout={glob['timeout']:g}s per check"]

@@ -1,0 +1,77 @@
+"""The check registry: the declarative shape every check has, and the one path that loads them.
+
+Built-in checks are listed in llmcheck's own ``llmcheck.checks`` entry-point group, exactly as a
+third-party package lists its checks, so both arrive through `load_checks`. Check modules must not
+import torch at module level: the registry is read in the pytest process, which stays torch-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Callable, Mapping
+
+from llmcheck.results import Verdict
+
+GROUP = "llmcheck.checks"
+# Needs a check may declare; a model that lacks one gets the check skipped with the reason.
+KNOWN_NEEDS = {
+    "causal": "a causal (decoder) model: declare @llmcheck.model(causal=True) or use an HF causal LM",
+    "vocab_size": "a known vocabulary size: declare @llmcheck.model(vocab_size=N)",
+    "cuda": "a CUDA device",
+}
+
+
+class RegistryError(Exception):
+    """A check could not be loaded or is malformed."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """A typed check parameter with its default, meaning and bounds."""
+
+    type: type
+    default: Any
+    doc: str
+    minimum: float | None = None
+    maximum: float | None = None
+    item_type: type | None = None  # element type when ``type`` is list
+    choices: tuple | None = None
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check: what it needs, its parameters, how it measures and how it judges."""
+
+    name: str
+    family: str
+    summary: str
+    measure: Callable[..., dict[str, Any]]  # (ctx, params) -> metrics; may raise results.Skip
+    judge: Callable[[dict[str, Any], Any], Verdict]  # (metrics, params) -> Verdict; pure
+    params: Mapping[str, Param] = field(default_factory=dict)
+    needs: frozenset[str] = frozenset()
+    timeout: float | None = None  # default seconds, when the check needs more than the global one
+
+    def __post_init__(self):
+        unknown = set(self.needs) - set(KNOWN_NEEDS)
+        if unknown:
+            raise RegistryError(f"check {self.name!r} needs unknown traits {sorted(unknown)}; known: {sorted(KNOWN_NEEDS)}")
+        if not self.name.replace("-", "_").isidentifier():
+            raise RegistryError(f"check name {self.name!r} must be an identifier (letters, digits, _ or -)")
+
+
+def load_checks() -> dict[str, Check]:
+    """All checks from the ``llmcheck.checks`` entry-point group, sorted by name."""
+    found: dict[str, tuple[Check, str]] = {}
+    for ep in entry_points(group=GROUP):
+        where = f"entry point {ep.name} = {ep.value}" + (f" (from {ep.dist.name})" if ep.dist else "")
+        try:
+            check = ep.load()
+        except Exception as exc:  # a broken plugin must say which one it is
+            raise RegistryError(f"cannot load {where}: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(check, Check):
+            raise RegistryError(f"{where} is {type(check).__name__}, expected an llmcheck.Check")
+        if check.name in found and found[check.name][1] != where:
+            raise RegistryError(f"two checks are named {check.name!r}: {found[check.name][1]} and {where}")
+        found[check.name] = (check, where)
+    return {name: found[name][0] for name in sorted(found)}

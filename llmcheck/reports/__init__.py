@@ -1,0 +1,1 @@
+"""Pure functions over result records: no torch, no pytest."""

@@ -1,0 +1,78 @@
+"""The JSON run document: build, write atomically, read back with validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from llmcheck.results import STATUSES, strict_json
+
+SCHEMA_VERSION = "1.0"
+
+
+class ReportError(ValueError):
+    """A report file is missing, truncated, or not an llmcheck report of a known schema."""
+
+
+def build(records: list[dict[str, Any]], environment: dict[str, Any], producer: dict[str, Any],
+          started: float, finished: float, interrupted: bool = False) -> dict[str, Any]:
+    """One run's document: schema, producer, environment, summary counts and per-item records."""
+    counts = {s: 0 for s in STATUSES}
+    for r in records:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    return strict_json({
+        "schema_version": SCHEMA_VERSION,
+        "producer": producer,
+        "environment": environment,
+        "started_at": started,
+        "finished_at": finished,
+        "interrupted": interrupted,
+        "summary": {"total": len(records), **counts},
+        "results": records,
+    })
+
+
+def write(path: str | os.PathLike, document: dict[str, Any]) -> Path:
+    """Write ``document`` as strict JSON via a temp file and ``os.replace``: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(document, f, indent=1, allow_nan=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a report; a truncated, hand-broken or foreign file is a ReportError, not a warning."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ReportError(f"cannot read report {path}: {exc}") from exc
+    try:
+        doc = json.loads(text, parse_constant=_refuse_constant)
+    except ValueError as exc:
+        raise ReportError(f"{path} is not valid JSON ({exc}); was the file truncated or edited?") from exc
+    if not isinstance(doc, dict) or "schema_version" not in doc or not isinstance(doc.get("results"), list):
+        raise ReportError(f"{path} is not an llmcheck report (no schema_version or results)")
+    major = str(doc["schema_version"]).split(".")[0]
+    if major != SCHEMA_VERSION.split(".")[0]:
+        raise ReportError(f"{path} has schema version {doc['schema_version']}; this llmcheck reads {SCHEMA_VERSION.split('.')[0]}.x")
+    for i, r in enumerate(doc["results"]):
+        if not isinstance(r, dict) or r.get("status") not in STATUSES or "id" not in r:
+            raise ReportError(f"{path}: result #{i} is malformed (needs id and a status in {', '.join(STATUSES)})")
+    return doc
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"non-standard JSON constant {name}")

@@ -1,0 +1,173 @@
+"""Settings: defaults, ``[tool.llmcheck]``, the pytest ini file, per-model ``checks=`` and the
+command line, merged in that order (later wins) and validated against each check's parameters.
+
+Validation happens per item, so a bad value fails the items it concerns with a message that names
+the value, where it came from and the valid choices, never the whole session.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from llmcheck.registry import Check, Param
+
+GLOBAL_PARAMS: dict[str, Param] = {
+    "timeout": Param(float, 300.0, "seconds a check may run before its worker is killed", minimum=0.1),
+    "startup_timeout": Param(float, 120.0, "seconds a worker may take to import torch and the model file", minimum=1),
+    "seed": Param(int, 0, "seed for every RNG before each factory call and batch"),
+    "device": Param(str, "cpu", "device the checks run on: cpu, cuda or cuda:N"),
+    "batch_size": Param(int, 2, "batch size of the default check batch", minimum=1),
+    "seq_len": Param(int, 16, "sequence length of the default check batch (capped at max_seq_len)", minimum=1),
+}
+
+
+class SettingsError(ValueError):
+    """A setting has an unknown name or a value of the wrong type or range."""
+
+
+@dataclass(frozen=True)
+class Layer:
+    source: str  # where the values came from, for error messages
+    values: Mapping[str, Any]  # global keys, and check name -> {param: value} or bool
+
+
+class Params(dict):
+    """Resolved parameters of one check; read as attributes (``p.atol``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"no parameter {name!r}; have {sorted(self)}") from None
+
+
+def parse_value(text: str) -> Any:
+    """A command-line or ini value: JSON (numbers, true/false, lists) or else the plain string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        lowered = text.strip().lower()
+        return {"true": True, "false": False}.get(lowered, text.strip())
+
+
+def assignments(lines: list[str], source: str) -> Layer:
+    """``KEY=VALUE`` lines (``timeout=60``, ``gradient.overfit_steps=50``) as a layer."""
+    values: dict[str, Any] = {}
+    for line in lines:
+        if not line.strip():
+            continue
+        key, sep, raw = line.partition("=")
+        if not sep:
+            raise SettingsError(f"{line!r} from {source}: expected KEY=VALUE, e.g. gradient.overfit_steps=50")
+        head, dot, param = key.strip().partition(".")
+        if dot:
+            values.setdefault(head, {})
+            if not isinstance(values[head], dict):
+                raise SettingsError(f"{line!r} from {source}: {head} was already set to {values[head]!r}")
+            values[head][param] = parse_value(raw)
+        else:
+            values[head] = parse_value(raw)
+    return Layer(source, values)
+
+
+def pyproject_layer(path: Path) -> Layer | None:
+    """``[tool.llmcheck]`` of a pyproject.toml; check settings live in ``[tool.llmcheck.checks.NAME]``."""
+    if not path.is_file():
+        return None
+    with path.open("rb") as f:
+        table = tomllib.load(f).get("tool", {}).get("llmcheck")
+    if table is None:
+        return None
+    values = {k: v for k, v in table.items() if k not in ("checks", "compare")}
+    checks = table.get("checks", {})
+    if not isinstance(checks, dict):
+        raise SettingsError(f"[tool.llmcheck] checks = {checks!r} in {path}: expected a table of check name -> settings")
+    values.update(checks)
+    return Layer(f"[tool.llmcheck] in {path}", values)
+
+
+def coerce(name: str, value: Any, param: Param, source: str) -> Any:
+    """``value`` as ``param``'s type, or a SettingsError that echoes name, value, type and source."""
+    def bad(expected: str) -> SettingsError:
+        return SettingsError(f"{name} = {value!r} ({type(value).__name__}) from {source}: expected {expected}")
+
+    kind = param.type
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+    elif kind is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise bad("an integer")
+        value = int(value)
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        value = float(value)
+    elif kind is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+    elif kind is list:
+        if not isinstance(value, (list, tuple)):
+            raise bad(f"a list of {param.item_type.__name__ if param.item_type else 'values'}")
+        item = Param(param.item_type, None, "", param.minimum, param.maximum, choices=param.choices) if param.item_type else None
+        if not value:
+            raise bad("a non-empty list")
+        return [coerce(f"{name}[{i}]", v, item, source) if item else v for i, v in enumerate(value)]
+    if param.minimum is not None and value < param.minimum:
+        raise bad(f"a value >= {param.minimum:g}")
+    if param.maximum is not None and value > param.maximum:
+        raise bad(f"a value <= {param.maximum:g}")
+    if param.choices is not None and value not in param.choices:
+        raise bad("one of " + ", ".join(map(repr, param.choices)))
+    return value
+
+
+def check_params(check: Check) -> dict[str, Param]:
+    """The check's own parameters plus ``timeout``, which every check accepts."""
+    timeout = GLOBAL_PARAMS["timeout"]
+    if check.timeout is not None:
+        timeout = Param(float, check.timeout, timeout.doc, minimum=timeout.minimum)
+    return {**check.params, "timeout": timeout}
+
+
+def _valid(names) -> str:
+    return ", ".join(sorted(names))
+
+
+def resolve(layers: list[Layer], checks: Mapping[str, Check], check: Check) -> tuple[Params, Params, bool]:
+    """Merge the layers for one check: (global settings, check parameters, enabled)."""
+    glob = Params({k: p.default for k, p in GLOBAL_PARAMS.items()})
+    spec = check_params(check)
+    params = Params({k: p.default for k, p in spec.items()})
+    explicit_timeout = global_timeout = False
+    enabled = True
+    for layer in layers:
+        for key, value in layer.values.items():
+            if key in GLOBAL_PARAMS:
+                glob[key] = coerce(key, value, GLOBAL_PARAMS[key], layer.source)
+                global_timeout |= key == "timeout"
+            elif key in checks:
+                if key != check.name:
+                    continue
+                if isinstance(value, bool):
+                    enabled = value
+                    continue
+                if not isinstance(value, Mapping):
+                    raise SettingsError(f"{key} = {value!r} from {layer.source}: expected a table of parameters or true/false")
+                for pname, pvalue in value.items():
+                    if pname not in spec:
+                        raise SettingsError(f"unknown parameter {key}.{pname} from {layer.source}; "
+                                            f"valid parameters of {key}: {_valid(spec)}")
+                    params[pname] = coerce(f"{key}.{pname}", pvalue, spec[pname], layer.source)
+                    explicit_timeout |= pname == "timeout"
+            else:
+                raise SettingsError(f"unknown setting {key!r} from {layer.source}; valid global settings: "
+                                    f"{_valid(GLOBAL_PARAMS)}; valid checks: {_valid(checks)}")
+    # A timeout the user set for all checks wins over a check's built-in default.
+    if not explicit_timeout and (global_timeout or check.timeout is None):
+        params["timeout"] = glob["timeout"]
+    return glob, params, enabled
