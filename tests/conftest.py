@@ -1,0 +1,31 @@
+"""Shared fixtures: every test drives the real command, ``pytest --llmcheck FILE``, via pytester."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from model_sources import CLEAN
+
+
+@pytest.fixture
+def run_llmcheck(pytester):
+    """Write a model file and run ``pytest --llmcheck`` on it in-process.
+
+    Returns pytester's RunResult with ``.report`` (the parsed JSON report, or None) and
+    ``.by_check`` (check name -> result record) attached.
+    """
+
+    def run(source: str = CLEAN, *args: str, name: str = "model.py"):
+        path = pytester.path / name
+        path.write_text(textwrap.dedent(source))
+        result = pytester.runpytest("--llmcheck", str(path), "-p", "no:cacheprovider",
+                                    "--llmcheck-json", "report.json", *args)
+        report_path = pytester.path / "report.json"
+        result.report = json.loads(report_path.read_text()) if report_path.exists() else None
+        result.by_check = {r["check"]: r for r in (result.report or {}).get("results", [])}
+        return result
+
+    return run
