@@ -97,8 +97,8 @@ def text_batch(batch_size: int, seq_len: int):
 
 @llmcheck.model(causal=True, vocab_size=256, max_seq_len=64)
 def tiny_gpt_finetune():
-    """The same model set up for fine-tuning: embeddings and the first block frozen."""
+    """The same model set up for fine-tuning: position embeddings and the first block frozen."""
     model = TinyGPT(Config())
-    for module in (model.wte, model.wpe, model.blocks[0]):
+    for module in (model.wpe, model.blocks[0]):
         module.requires_grad_(False)
     return model

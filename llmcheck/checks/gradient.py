@@ -137,9 +137,9 @@ CHECK = Check(
     judge=judge,
     params={
         "init_loss_rtol": Param(float, 0.25, "allowed relative distance of the loss at init from ln(vocab_size)", minimum=0),
-        "overfit_steps": Param(int, 40, "Adam steps on one batch", minimum=1),
+        "overfit_steps": Param(int, 50, "Adam steps on one batch", minimum=1),
         "overfit_lr": Param(float, 3e-3, "learning rate for the overfitting run", minimum=0),
         "overfit_batch_size": Param(int, 2, "size of the batch to overfit", minimum=1),
-        "min_loss_drop": Param(float, 0.5, "fraction by which the loss must fall when overfitting", minimum=0, maximum=1),
+        "min_loss_drop": Param(float, 0.3, "fraction by which the loss must fall when overfitting", minimum=0, maximum=1),
     },
 )

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from llmcheck.registry import Check
+from llmcheck.registry import Check, variant_id
 from llmcheck.results import FAILING, Result
 from llmcheck.settings import GLOBAL_PARAMS, Layer, SettingsError, resolve
 from llmcheck.worker import WorkerFailure, WorkerPool
@@ -46,6 +46,12 @@ def declares_models(path: Path) -> bool:
     except OSError:
         return False
     return "llmcheck" in text and bool(DECLARES_MODEL.search(text))
+
+
+def model_layers(state: State, model: dict[str, Any], path: Path) -> list[Layer]:
+    """The settings layers for one model: files, the model's ``checks=``, then the command line."""
+    model_layer = Layer(f"@llmcheck.model(checks=...) of {model['name']} in {path.name}", model.get("checks") or {})
+    return [*state.layers, model_layer, state.cli_layer]
 
 
 class CheckFailed(Exception):
@@ -87,18 +93,34 @@ class ModelNode(pytest.Collector):
     def collect(self):
         state: State = self.config.stash[STATE_KEY]
         for check in state.checks.values():
-            item = CheckItem.from_parent(self, name=check.name, check=check)
-            item.add_marker("llmcheck")
-            item.add_marker(check.family)
-            yield item
+            for name, variant in self._variants(state, check):
+                item = CheckItem.from_parent(self, name=name, check=check, variant=variant)
+                item.add_marker("llmcheck")
+                item.add_marker(check.family)
+                yield item
+
+    def _variants(self, state: State, check: Check) -> list[tuple[str, dict[str, Any] | None]]:
+        """(item name, configuration): one per variant when the check declares them, else one item.
+        A settings error or a disabled check gives one item, which reports it when it runs."""
+        if check.variants is not None:
+            try:
+                _, params, enabled = resolve(model_layers(state, self.info, self.path), state.checks, check)
+            except SettingsError:
+                enabled = False
+            if enabled:
+                found = {variant_id(v): v for v in check.variants(params)}
+                if found:
+                    return [(f"{check.name}[{key}]", v) for key, v in found.items()]
+        return [(check.name, None)]
 
 
 class CheckItem(pytest.Item):
     """One check on one model, run in that model's worker."""
 
-    def __init__(self, *, check: Check, **kwargs):
+    def __init__(self, *, check: Check, variant: dict[str, Any] | None = None, **kwargs):
         super().__init__(**kwargs)
         self.check = check
+        self.variant = variant
         self.model = self.parent.info
         self.params: dict[str, Any] = {}
 
@@ -111,23 +133,22 @@ class CheckItem(pytest.Item):
         state.results[self.nodeid] = result
         if result.output.strip():
             self.add_report_section("call", "worker output", result.output)
-        if result.status == "skipped":
-            pytest.skip(result.message)
+        if result.status == "skipped":  # reported at the model's line, not at this file's
+            raise pytest.skip.Exception(result.message, _use_item_location=True)
         if result.status in FAILING:
             raise CheckFailed(result)
 
     def _run(self, state: State) -> Result:
-        model_layer = Layer(f"@llmcheck.model(checks=...) of {self.model['name']} in {self.path.name}",
-                            self.model.get("checks") or {})
         try:
-            glob, params, enabled = resolve([*state.layers, model_layer, state.cli_layer], state.checks, self.check)
+            glob, params, enabled = resolve(model_layers(state, self.model, self.path), state.checks, self.check)
         except SettingsError as exc:
             return Result("error", f"llmcheck settings: {exc}")
         self.params = dict(params)
         if not enabled:
             return Result("skipped", f"{self.check.name} is turned off (checks={{{self.check.name!r}: False}})")
         message = {"op": "run", "file": str(self.path), "model": self.model["name"],
-                   "check": self.check.name, "params": dict(params), "settings": dict(glob)}
+                   "check": self.check.name, "params": dict(params), "settings": dict(glob),
+                   "variant": self.variant}
         try:
             reply, output = state.pool.request((str(self.path), self.model["name"]), message,
                                                timeout=params["timeout"], startup_timeout=glob["startup_timeout"])
