@@ -92,8 +92,10 @@ def pyproject_layer(path: Path) -> Layer | None:
 
 def coerce(name: str, value: Any, param: Param, source: str) -> Any:
     """``value`` as ``param``'s type, or a SettingsError that echoes name, value, type and source."""
+    original = value
+
     def bad(expected: str) -> SettingsError:
-        return SettingsError(f"{name} = {value!r} ({type(value).__name__}) from {source}: expected {expected}")
+        return SettingsError(f"{name} = {original!r} ({type(original).__name__}) from {source}: expected {expected}")
 
     kind = param.type
     if kind is bool:
