@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 
 import pytest
 
 from model_sources import CLEAN
+
+# Workers inherit this. With two test processes on two cores, torch's default of one thread per
+# core makes tiny ops ~80x slower through oversubscription (measured: 8 ms vs 0.1 ms a LayerNorm).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture
