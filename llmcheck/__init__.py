@@ -5,9 +5,10 @@ and register under the ``llmcheck.checks`` entry-point group. Everything else is
 """
 
 from llmcheck.declare import compressed, eval_data, inputs, loss, model, optimizer, train_data
+from llmcheck import distill  # llmcheck.distill.loss; imports torch only when called
 from llmcheck.registry import Check, Param
 from llmcheck.results import Skip, Verdict
 
 __version__ = "0.1.0"
 __all__ = ["model", "inputs", "loss", "eval_data", "train_data", "optimizer", "compressed",
-           "Check", "Param", "Verdict", "Skip"]
+           "Check", "Param", "Verdict", "Skip", "distill"]

@@ -74,7 +74,7 @@ class Worker:
     def __init__(self, channel: Channel):
         self.channel = channel
         self.checks = None
-        self.tmp = Path(tempfile.mkdtemp(prefix="llmcheck-worker-"))
+        self.tmp = Path(tempfile.mkdtemp(prefix="llmcheck-worker-", dir=os.environ.get("LLMCHECK_TMP")))
 
     def describe(self, msg: dict[str, Any]) -> dict[str, Any]:
         from llmcheck.target import ContractError, load_declarations
@@ -96,7 +96,7 @@ class Worker:
         result.duration_s = time.perf_counter() - started
         sys.stdout.flush()
         sys.stderr.flush()
-        return {"op": "result", "result": result.to_json()}
+        return {"op": "result", "result": result.to_json(), "retire": _had_cuda_oom()}
 
     def _run(self, msg: dict[str, Any]) -> Result:
         import torch
@@ -114,12 +114,13 @@ class Worker:
         try:
             models, hooks = load_declarations(Path(msg["file"]))
             decl = next(m for m in models if m.name == msg["model"])
-            target = Target(decl, hooks[decl.name], msg["settings"])
+            target = Target(decl, hooks[decl.name], msg["settings"], path=Path(msg["file"]))
             unmet = self._unmet(check.needs, target)
             if unmet:
                 return Result("skipped", unmet)
             workdir = Path(tempfile.mkdtemp(prefix=f"{check.name}-", dir=self.tmp))
             ctx = Context(target, workdir, self.channel.send)
+            ctx.variant = dict(msg.get("variant") or {})
             metrics = check.measure(ctx, params)
             verdict = check.judge(metrics, params)
             return Result(verdict.status, verdict.message, metrics, ctx.samples, ctx.artifacts)
@@ -151,6 +152,31 @@ class Worker:
         return ""
 
 
+def _had_cuda_oom() -> bool:
+    """Whether CUDA raised out-of-memory in this process: the parent then replaces the worker, as
+    the allocator's state after an OOM is no base for the next check's measurements."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return False
+    return any(torch.cuda.memory_stats(i).get("num_ooms", 0) for i in range(torch.cuda.device_count()))
+
+
+def _trace_os_exit(fault) -> None:
+    """Make ``os._exit`` in user code leave its Python stack in the fault file, so a check that
+    ends the worker that way is reported with where it happened. Only in the worker itself:
+    forked children (DataLoader workers) end through os._exit routinely."""
+    real_exit, worker_pid = os._exit, os.getpid()
+
+    def _exit(status):
+        if os.getpid() == worker_pid:
+            fault.write(f"os._exit({status}) called:\n")
+            fault.flush()
+            faulthandler.dump_traceback(fault, all_threads=False)
+        real_exit(status)
+
+    os._exit = _exit
+
+
 def main(argv: list[str]) -> None:
     cmd_fd, out_fd, fault_path = int(argv[0]), int(argv[1]), argv[2]
     os.set_inheritable(cmd_fd, False)  # user code's subprocesses must not hold our pipes
@@ -158,6 +184,7 @@ def main(argv: list[str]) -> None:
     fault = open(fault_path, "w")
     faulthandler.enable(fault, all_threads=True)
     faulthandler.register(signal.SIGUSR1, file=fault, all_threads=True)
+    _trace_os_exit(fault)
     channel = Channel(out_fd)
     import torch  # noqa: F401  (imported once, before the first command, to time start-up apart)
 

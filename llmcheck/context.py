@@ -18,6 +18,7 @@ class Context:
         self._send = send
         self.samples: dict[str, list[float]] = {}
         self.artifacts: dict[str, str] = {}
+        self.variant: dict[str, Any] = {}  # this item's configuration, for checks that declare variants
 
     def progress(self, **info: Any) -> None:
         """A heartbeat: tells the parent what the check is doing (shown if it then times out)."""

@@ -51,6 +51,9 @@ class Check:
     params: Mapping[str, Param] = field(default_factory=dict)
     needs: frozenset[str] = frozenset()
     timeout: float | None = None  # default seconds, when the check needs more than the global one
+    # (params) -> configurations; each becomes its own item, ``name[bs=8-bfloat16]`` (see variant_id),
+    # and reaches measure as ``ctx.variant``. None: one item per check.
+    variants: Callable[[Any], list[dict[str, Any]]] | None = None
 
     def __post_init__(self):
         unknown = set(self.needs) - set(KNOWN_NEEDS)
@@ -58,6 +61,12 @@ class Check:
             raise RegistryError(f"check {self.name!r} needs unknown traits {sorted(unknown)}; known: {sorted(KNOWN_NEEDS)}")
         if not self.name.replace("-", "_").isidentifier():
             raise RegistryError(f"check name {self.name!r} must be an identifier (letters, digits, _ or -)")
+
+
+def variant_id(variant: Mapping[str, Any]) -> str:
+    """The bracketed part of a variant's item id: strings as they are, other values as ``key=value``
+    (``{"bs": 8, "precision": "bfloat16"}`` -> ``bs=8-bfloat16``)."""
+    return "-".join(v if isinstance(v, str) else f"{k}={v}" for k, v in variant.items())
 
 
 def load_checks() -> dict[str, Check]:

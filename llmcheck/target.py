@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-from llmcheck.declare import HOOK_KINDS, HookDecl, ModelDecl, declarations
+from llmcheck.declare import HookDecl, ModelDecl, declarations
 
 EXAMPLE = """\
 import llmcheck
@@ -76,7 +76,13 @@ def import_model_file(path: Path):
 
 
 def load_declarations(path: Path) -> tuple[list[ModelDecl], dict[str, dict[str, HookDecl]]]:
-    """The file's models and, per model, the hook of each kind that applies to it."""
+    """The file's models and, per model, the hook of each kind that applies to it.
+
+    A folder (a Hugging Face model directory with config.json and weights) is one model."""
+    if path.is_dir():
+        from llmcheck.hf import folder_declarations
+
+        return folder_declarations(path)
     models, hooks = declarations(vars(import_model_file(path)))
     if not models:
         raise ContractError(f"{path} declares no model. Mark a zero-argument factory with "
@@ -117,9 +123,20 @@ def _config_traits(model) -> dict[str, Any]:
         return {}
     max_len = next((getattr(config, k) for k in ("max_position_embeddings", "n_positions", "n_ctx")
                     if isinstance(getattr(config, k, None), int)), None)
-    arch = type(model).__name__
-    causal = bool(getattr(config, "is_decoder", False)) or arch.endswith(("ForCausalLM", "LMHeadModel"))
-    return {"causal": causal, "vocab_size": config.vocab_size, "max_seq_len": max_len}
+    return {"causal": _hf_causal(model, config), "vocab_size": config.vocab_size, "max_seq_len": max_len}
+
+
+def _hf_causal(model, config) -> bool:
+    """A decoder: ``is_decoder``, a causal-LM class, or a decoder-only family (GPT-2, Llama: in
+    transformers' causal-LM mapping but not its masked-LM one, which holds BERT-style encoders)."""
+    if getattr(config, "is_decoder", False) or type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")):
+        return True
+    kind = getattr(config, "model_type", None)
+    if not kind or getattr(config, "is_encoder_decoder", False) or "transformers" not in sys.modules:
+        return False  # not a transformers config (a nanoGPT-style one): no import of transformers
+    from transformers.models.auto import modeling_auto as auto
+
+    return kind in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
 def _inferred_traits(model) -> dict[str, Any]:
@@ -137,6 +154,12 @@ def resolve_traits(declared: dict[str, Any], model) -> Traits:
     return Traits(values.get("causal"), values.get("vocab_size"), values.get("max_seq_len"), source)
 
 
+# Keywords checks ask about: inputs, masks, labels, and the cache conventions (transformers <5.x
+# ``past_key_values``, 5.x ``cache``).
+FORWARD_KEYWORDS = ("input_ids", "attention_mask", "labels", "past_key_values", "cache", "use_cache",
+                    "position_ids", "token_type_ids")
+
+
 def accepts(model, name: str) -> bool:
     """Whether ``model.forward`` takes a keyword named ``name`` (explicitly, not via ``**kwargs``)."""
     try:
@@ -148,8 +171,10 @@ def accepts(model, name: str) -> bool:
 class Target:
     """One declared model with its hooks and the run's settings, ready for checks to use."""
 
-    def __init__(self, decl: ModelDecl, hooks: dict[str, HookDecl], settings: Mapping[str, Any]):
+    def __init__(self, decl: ModelDecl, hooks: dict[str, HookDecl], settings: Mapping[str, Any],
+                 path: Path | None = None):
         self.decl, self.hooks, self.settings = decl, hooks, settings
+        self.path = path  # the model file or folder it was declared in (to load it again elsewhere)
         self.name = decl.name
         self.device = torch.device(settings.get("device", "cpu"))
         self.seed = int(settings.get("seed", 0))
@@ -166,7 +191,7 @@ class Target:
                                 f"expected a fresh torch.nn.Module")
         if self._traits is None:
             self._traits = resolve_traits(self.decl.traits, model)
-            self._forward_params = {k: accepts(model, k) for k in ("input_ids", "attention_mask", "labels", "past_key_values")}
+            self._forward_params = {k: accepts(model, k) for k in FORWARD_KEYWORDS}
         return model.to(self.device)
 
     @property
@@ -217,6 +242,41 @@ class Target:
         t = batch.get("input_ids") if isinstance(batch, Mapping) else batch
         return t if isinstance(t, torch.Tensor) and not t.is_floating_point() else None
 
+    @staticmethod
+    def with_tokens(batch, ids: torch.Tensor):
+        """``batch`` with its token ids replaced by ``ids`` (other entries kept)."""
+        return {**batch, "input_ids": ids} if isinstance(batch, Mapping) else ids
+
+    def with_mask(self, batch, ids: torch.Tensor, mask: torch.Tensor) -> tuple[Any, dict[str, torch.Tensor]]:
+        """(batch, extra forward keywords) for ``ids`` under ``mask``; position ids as transformers'
+        generate() makes them for padded batches (``mask.cumsum(-1) - 1``) when the forward takes them."""
+        extra = {}
+        if self.takes("position_ids") and not (isinstance(batch, Mapping) and "position_ids" in batch):
+            extra["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        if isinstance(batch, Mapping):
+            return {**batch, "input_ids": ids, "attention_mask": mask}, extra
+        return ids, {**extra, "attention_mask": mask}
+
+    def input_embedding(self, model) -> torch.nn.Module | None:
+        """The module that maps token ids to input embeddings: ``get_input_embeddings()`` for
+        Hugging Face models, else the ``nn.Embedding`` whose size is the vocabulary."""
+        getter = getattr(model, "get_input_embeddings", None)
+        if callable(getter):
+            try:
+                found = getter()
+            except (NotImplementedError, AttributeError):
+                found = None
+            if isinstance(found, torch.nn.Module):
+                return found
+        embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+        vocab = self.traits.vocab_size
+        return next((m for m in embeddings if m.num_embeddings == vocab), embeddings[0] if embeddings else None)
+
+    def cache_keyword(self) -> str | None:
+        """The forward's cache keyword: ``past_key_values`` (the transformers convention), ``cache``
+        (transformers 5.x), or None when the model takes no cache."""
+        return next((k for k in ("past_key_values", "cache") if self.takes(k)), None)
+
     # -- forward, logits, loss -------------------------------------------------------------
     def forward(self, model, batch, **extra):
         what = f"forward of {self.name}"
@@ -245,7 +305,8 @@ class Target:
             found = _loss_of(self.forward(model, batch, labels=labels))
             if found is not None:
                 return found, "model"
-        logits = self.logits(self.forward(model, batch))
+        output = self.forward(model, batch)
+        logits = self.logits(output)
         vocab = self.traits.vocab_size
         if tokens is not None and vocab and logits.dim() == 3 and logits.shape[-1] == vocab and tokens.shape[1] > 1:
             target = tokens[:, 1:]
@@ -253,8 +314,10 @@ class Target:
                 target = target.masked_fill(batch["attention_mask"][:, 1:] == 0, -100)
             ce = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, vocab), target.reshape(-1), ignore_index=-100)
             return ce, "next-token cross-entropy"
-        # No LM head (e.g. an encoder returning hidden states): a surrogate that every output feeds.
-        return logits.float().pow(2).mean(), "surrogate: mean square of outputs"
+        # No LM head (e.g. an encoder returning hidden states): a surrogate that every output feeds,
+        # so a second output (a BERT pooler) gets gradient too.
+        outputs = [t for t in _float_tensors(output) if t.requires_grad] or [logits]
+        return sum(t.float().pow(2).mean() for t in outputs), "surrogate: mean square of outputs"
 
     def uniform_loss(self) -> float | None:
         """ln(vocab_size): the cross-entropy of a uniform prediction, the expected loss at init."""
@@ -277,6 +340,11 @@ class Target:
         hook = self.hooks.get("eval_data")
         return None if hook is None else user_call(f"@llmcheck.eval_data {hook.fn.__name__}", hook.fn)
 
+    def train_batches(self) -> Iterable | None:
+        """The iterable of training batches from ``@llmcheck.train_data`` (a fresh one per call), or None."""
+        hook = self.hooks.get("train_data")
+        return None if hook is None else user_call(f"@llmcheck.train_data {hook.fn.__name__}", hook.fn)
+
 
 def _logits_of(output):
     if isinstance(output, torch.Tensor):
@@ -291,6 +359,18 @@ def _logits_of(output):
         first = output.to_tuple()[:1]
         return first[0] if first and isinstance(first[0], torch.Tensor) else None
     return None
+
+
+def _float_tensors(output) -> list[torch.Tensor]:
+    """The floating-point tensors of a forward output (tensor, tuple, mapping or ModelOutput);
+    other values, such as a transformers cache object, are left out."""
+    if isinstance(output, torch.Tensor):
+        return [output] if output.is_floating_point() else []
+    if isinstance(output, Mapping):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        return [t for item in output for t in _float_tensors(item)]
+    return []
 
 
 def _loss_of(output):

@@ -136,3 +136,52 @@ def first_nonfinite(recorded: list[tuple[str, torch.Tensor]]) -> str | None:
         if t.is_floating_point() and not torch.isfinite(t).all():
             return name
     return None
+
+
+# Rounding noise between two computations that should agree (other shapes, other kernels), per
+# unit of output magnitude. fp32 and fp64 from torch.testing's defaults (rtol 1.3e-6 / 1e-7)
+# widened for the different reduction orders that padding or a cache bring; half types from
+# their machine epsilon (bf16 7.8e-3, fp16 9.8e-4) times a few.
+RELATIVE_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+
+
+def model_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter (float32 when it has none)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
+def tolerance(dtype: torch.dtype, reference: torch.Tensor, scale: float = 1.0) -> float:
+    """The largest |Δ| accepted between outputs equal up to rounding: the dtype's relative
+    tolerance times max(1, max |reference|), times ``scale``."""
+    finite = reference.detach().float()
+    finite = finite[torch.isfinite(finite)]
+    magnitude = float(finite.abs().max()) if finite.numel() else 1.0
+    return RELATIVE_TOLERANCE.get(dtype, 1e-5) * max(1.0, magnitude) * scale
+
+
+class OutputTap:
+    """Forward hook that swaps a module's output for a leaf tensor that requires grad, so a
+    backward pass reports d(anything)/d(that output): used on the input embedding to see which
+    input positions or samples an output depends on. Each call of the module adds one leaf."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module, self.leaves, self._handle = module, [], None
+
+    def _hook(self, module, args, output):
+        if not isinstance(output, torch.Tensor) or not output.is_floating_point():
+            return None
+        leaf = output.detach().requires_grad_(True)
+        self.leaves.append(leaf)
+        return leaf
+
+    def __enter__(self) -> "OutputTap":
+        self._handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+    def leaf(self, shape_prefix: tuple[int, ...]) -> torch.Tensor | None:
+        """The first recorded output whose leading dimensions are ``shape_prefix``."""
+        n = len(shape_prefix)
+        return next((t for t in self.leaves if tuple(t.shape[:n]) == tuple(shape_prefix)), None)

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from llmcheck import stacks
+
 PACKAGE_DIR = str(Path(__file__).resolve().parent)
 FRAME = re.compile(r'^\s+File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)', re.M)
 OUTPUT_LIMIT = 20_000
@@ -84,6 +86,7 @@ class Worker:
         env = dict(os.environ)
         # The worker imports what this process imports: same sys.path (editable installs, pytester dirs).
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        env["LLMCHECK_TMP"] = str(log_dir)  # the worker's scratch files go where the session cleans up
         env.setdefault("PYTHONFAULTHANDLER", "1")
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
@@ -97,6 +100,7 @@ class Worker:
         self._buf = b""
         self.env: dict[str, Any] | None = None
         self.last_progress: dict[str, Any] | None = None
+        self.last_progress_at = 0.0  # time.monotonic() of the last heartbeat
 
     @property
     def alive(self) -> bool:
@@ -126,7 +130,7 @@ class Worker:
             reply = self._receive(deadline, offsets, f"{message.get('op')} (timeout {timeout:g} s)")
             if reply.get("op") != "progress":
                 return reply, self._since(offsets)[0]
-            self.last_progress = reply
+            self.last_progress, self.last_progress_at = reply, time.monotonic()
             if on_progress:
                 on_progress(reply)
 
@@ -145,29 +149,22 @@ class Worker:
         return json.loads(line)
 
     def dump_stacks(self, wait: float = 2.0) -> str:
-        """Every thread's Python stack, written by the worker's faulthandler on SIGUSR1."""
-        before = _size(self.fault_path)
-        try:
-            os.kill(self.proc.pid, signal.SIGUSR1)
-        except ProcessLookupError:
-            return ""
-        end, last = time.monotonic() + wait, before
-        while time.monotonic() < end:
-            time.sleep(0.05)
-            size = _size(self.fault_path)
-            if size > before and size == last:  # grown, then stable for one poll
-                break
-            last = size
-        return _tail(self.fault_path, before)
+        """Every thread's Python stack of the worker and of its children (DataLoader workers),
+        written by faulthandler on SIGUSR1, plus native stacks when py-spy is installed."""
+        return stacks.render(stacks.collect(self.proc.pid, self.fault_path, wait))
 
     def _on_timeout(self, offsets, doing: str) -> WorkerTimeout:
-        stacks = self.dump_stacks()
+        sections = stacks.collect(self.proc.pid, self.fault_path)
         self.kill()
         output, _ = self._since(offsets)
-        where = culprit_frame(stacks)
-        progress = f"; last progress: {_progress_text(self.last_progress)}" if self.last_progress else ""
+        trace = stacks.render(sections)
+        where = stacks.stuck_at(sections) or culprit_frame(trace)
+        progress = ""
+        if self.last_progress:  # its age tells a slow step (recent heartbeat) from a stuck one
+            progress = (f"; last progress: {_progress_text(self.last_progress)} "
+                        f"({time.monotonic() - self.last_progress_at:.1f} s before the timeout)")
         message = f"timed out during {doing}" + (f", stuck at {where}" if where else "") + progress
-        return WorkerTimeout(message, stacks or "(the worker wrote no stacks before it was killed)", output)
+        return WorkerTimeout(message, trace or "(the worker wrote no stacks before it was killed)", output)
 
     def _on_death(self, offsets, doing: str) -> WorkerCrashed:
         try:
@@ -184,11 +181,9 @@ class Worker:
         return WorkerCrashed(message, fault, output)
 
     def kill(self) -> None:
-        """Kill the worker's whole process group (its DataLoader workers and other children too)."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        """Kill the worker's whole process group (its DataLoader workers and other children too,
+        including any that left the group), and wait until none is left."""
+        stacks.kill_tree(self.proc.pid, stacks.descendants(self.proc.pid))
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -252,7 +247,10 @@ class WorkerPool:
                 on_progress=None) -> tuple[dict, str]:
         worker = self.get(key, startup_timeout)
         try:
-            return worker.request(message, timeout, on_progress)
+            reply, output = worker.request(message, timeout, on_progress)
+            if reply.get("retire"):  # e.g. after a CUDA out-of-memory error: start the next check fresh
+                worker.close()
+            return reply, output
         finally:
             self.env = self.env or worker.env
             if not worker.alive:

@@ -34,3 +34,10 @@ def run_llmcheck(pytester):
         return result
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def _inner_sessions_are_not_xdist_workers(monkeypatch):
+    """When this suite runs under ``-n``, the sessions the tests start must not believe they are
+    xdist workers: pytest-benchmark reads PYTEST_XDIST_WORKER and would disable itself there."""
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)

@@ -3,7 +3,7 @@
 import torch
 
 from llmcheck.tensors import tied_groups, untied
-from model_sources import CLEAN, variant
+from model_sources import variant
 
 
 def test_a_clean_model_with_tied_weights_passes_checkpoint(run_llmcheck):

@@ -15,7 +15,8 @@ def misbehaving_in_eval(statement: str, imports: str = "") -> str:
 
 
 def test_a_python_hang_times_out_with_the_stuck_line_and_the_next_check_runs(run_llmcheck):
-    result = run_llmcheck(misbehaving_in_eval("while True: pass"), "-k", "eval or resume", "--llmcheck-timeout", "3")
+    result = run_llmcheck(misbehaving_in_eval("while True: pass"), "-k", "eval or resume", "--llmcheck-timeout", "3",
+                          "--llmcheck-set", "resume.timeout=300")
     result.assert_outcomes(passed=1, failed=1)
     record = result.by_check["eval"]
     assert record["status"] == "timeout"

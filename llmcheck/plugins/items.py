@@ -83,6 +83,13 @@ class ModelFile(pytest.File):
             yield ModelNode.from_parent(self, name=info["name"], info=info)
 
 
+class ModelDir(pytest.Directory):
+    """A Hugging Face model folder (``config.json`` and weights): one model, described by a worker
+    like a model file (``llmcheck.hf`` loads it there, offline)."""
+
+    collect = ModelFile.collect
+
+
 class ModelNode(pytest.Collector):
     """One declared model; its children are the checks."""
 

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from llmcheck.plugins.items import STATE_KEY, CheckItem, ModelFile, State, declares_models
+from llmcheck.hf import is_model_dir
+from llmcheck.plugins.items import STATE_KEY, CheckItem, ModelDir, ModelFile, State, declares_models
+from llmcheck.plugins import benchmark_bridge, progress
 from llmcheck.plugins.report_writer import RECORD_ATTR, ReportWriter
 from llmcheck.registry import RegistryError, load_checks
 from llmcheck.settings import Layer, SettingsError, assignments, pyproject_layer
@@ -19,18 +21,22 @@ from llmcheck.worker import WorkerPool
 
 WRITER_KEY = pytest.StashKey[ReportWriter]()
 TMP_KEY = pytest.StashKey[Path]()
+PROGRESS_KEY = pytest.StashKey[float]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("llmcheck", "llmcheck: checks for PyTorch language models")
     group.addoption("--llmcheck", action="store_true", help="collect model files (@llmcheck.model) and run their checks")
     group.addoption("--llmcheck-json", metavar="PATH", help="JSON report path (default llmcheck-report.json)")
+    group.addoption("--llmcheck-html", metavar="PATH", help="also write a self-contained HTML report to PATH")
     group.addoption("--llmcheck-set", metavar="KEY=VALUE", action="append", default=[],
                     help="override a setting for this run: timeout=60, gradient.overfit_steps=50 (repeatable)")
     group.addoption("--llmcheck-timeout", metavar="SECONDS", help="per-check timeout (same as --llmcheck-set timeout=...)")
     group.addoption("--llmcheck-seed", metavar="N", help="seed for every factory call (same as --llmcheck-set seed=N)")
     group.addoption("--llmcheck-device", metavar="DEVICE", help="cpu, cuda or cuda:N (same as --llmcheck-set device=...)")
     parser.addini("llmcheck_json", "JSON report path", default="llmcheck-report.json")
+    parser.addini("llmcheck_html", "HTML report path (empty: no HTML report)", default="")
+    parser.addini("llmcheck_progress", "seconds a check runs before progress lines name it (0: never)", default="10")
     parser.addini("llmcheck_settings", "settings as KEY=VALUE lines (timeout=60, gradient.overfit_steps=50)", type="linelist")
 
 
@@ -67,13 +73,18 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"llmcheck: {exc}") from None
     for family in sorted({c.family for c in checks.values()}):
         config.addinivalue_line("markers", f"{family}: llmcheck checks of the {family} family")
+    every = progress.interval(config)  # before anything needs cleaning up: a bad value is a UsageError
     tmp = Path(tempfile.mkdtemp(prefix="llmcheck-"))
     config.stash[TMP_KEY] = tmp
-    config.stash[STATE_KEY] = State(checks, layers, cli, WorkerPool(tmp, cwd=str(config.rootpath)))
+    config.stash[STATE_KEY] = State(checks, layers, cli, WorkerPool(tmp, cwd=str(config.invocation_params.dir)))
     if not hasattr(config, "workerinput"):  # xdist workers send records to the controller instead
         path = config.getoption("llmcheck_json") or config.getini("llmcheck_json")
-        writer = config.stash[WRITER_KEY] = ReportWriter(config, path)
+        html = config.getoption("llmcheck_html") or config.getini("llmcheck_html") or None
+        writer = config.stash[WRITER_KEY] = ReportWriter(config, path, html)
         config.pluginmanager.register(writer, "llmcheck-report-writer")
+        benchmark_bridge.register(config)  # measurements also become pytest-benchmark entries
+        writer.install_sigterm()
+        config.stash[PROGRESS_KEY] = every
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -83,6 +94,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(config.stash[TMP_KEY], ignore_errors=True)
     writer = config.stash.get(WRITER_KEY, None)
     if writer is not None:
+        writer.restore_sigterm()
         config.pluginmanager.unregister(writer)
         del config.stash[WRITER_KEY]
 
@@ -109,10 +121,33 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector):
     return None
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collect_directory(path: Path, parent: pytest.Collector):
+    # A Hugging Face model folder is one model (model_dir::<architecture>::<check>), not a tree to walk.
+    if parent.config.getoption("llmcheck") and is_model_dir(path):
+        # pytest names a folder by its path from the rootdir: "." when the folder is the rootdir
+        # (the only argument, with no ini file), empty outside it. Use the folder's own name then.
+        root = parent.config.rootpath
+        below = path != root and path.is_relative_to(root)
+        return ModelDir.from_parent(parent, path=path, nodeid=None if below else path.name)
+    return None
+
+
 def _is_test_module(path: Path, parent: pytest.Collector) -> bool:
     from _pytest.pathlib import fnmatch_ex
 
     return any(fnmatch_ex(pattern, path) for pattern in parent.config.getini("python_files"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    every = item.config.stash.get(PROGRESS_KEY, 0)
+    ticker = progress.for_item(item, item.config.stash[STATE_KEY].pool, every) if isinstance(item, CheckItem) else None
+    try:
+        return (yield)
+    finally:
+        if ticker is not None:
+            ticker.stop()
 
 
 @pytest.hookimpl(wrapper=True)

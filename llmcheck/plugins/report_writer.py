@@ -1,15 +1,22 @@
-"""Collects one record per llmcheck item and writes the run's JSON report.
+"""Collects one record per llmcheck item and writes the run's JSON (and HTML) report.
 
 Built the way pytest's junitxml is: only on the controller (not on xdist workers), fed by
 ``pytest_runtest_logreport`` (records travel on the report, so they survive xdist), written in
 ``pytest_sessionfinish`` and announced in ``pytest_terminal_summary``.
+
+Never lost: the JSON is rewritten atomically after every item, marked ``interrupted`` until the
+session finishes, so a session killed outright (SIGKILL, OOM killer) still leaves a valid report
+of everything that finished. Ctrl-C and SIGTERM end the session through pytest's own interrupt
+path, which writes both reports in ``pytest_sessionfinish``.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import signal
 import subprocess
+import threading
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -18,6 +25,7 @@ from typing import Any
 import pytest
 
 from llmcheck.reports import json_report
+from llmcheck.results import STATUSES
 
 RECORD_ATTR = "llmcheck"  # attribute on TestReport; pytest serialises extra attributes for xdist
 
@@ -37,59 +45,121 @@ def git_commit(root: Path) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into pytest's interrupt path so the reports are written and workers killed."""
+
+
 class ReportWriter:
-    def __init__(self, config: pytest.Config, json_path: str):
+    def __init__(self, config: pytest.Config, json_path: str, html_path: str | None = None):
         self.config = config
         self.json_path = Path(json_path)
+        self.html_path = Path(html_path) if html_path else None
         self.records: dict[str, dict[str, Any]] = {}
         self.worker_env: dict[str, Any] = {}
         self.started = time.time()
         self.written: Path | None = None
+        self.html_written: Path | None = None
+        self.html_error: str | None = None
+        self._static_env: dict[str, Any] | None = None
+        self._previous_sigterm = None
 
-    def add(self, report: pytest.TestReport) -> None:
+    def install_sigterm(self) -> None:
+        """On SIGTERM (CI cancelling a job) interrupt like Ctrl-C; a second SIGTERM kills at once."""
+        if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+            return
+
+        def on_sigterm(signum, frame):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            raise Terminated("SIGTERM: writing the reports of the checks that finished")
+
+        self._previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
+
+    def restore_sigterm(self) -> None:
+        if self._previous_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+
+    def add(self, report: pytest.TestReport) -> bool:
         record = getattr(report, RECORD_ATTR, None)
         if record is None:
-            return
+            return False
         env = record.pop("environment", None)
         if env and not self.worker_env:
             self.worker_env = env
         # setup, call and teardown may each carry one; the last decisive one wins (call, or a setup error)
         if report.when == "call" or record["id"] not in self.records:
             self.records[record["id"]] = record
+        return True
 
     def environment(self) -> dict[str, Any]:
-        return {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "hostname": platform.node(),
-            "pytest": pytest.__version__,
-            "torch": _version("torch"),
-            "git_commit": git_commit(self.config.rootpath),
-            **self.worker_env,
-        }
+        if self._static_env is None:  # git is asked once, not after every item
+            self._static_env = {
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "hostname": platform.node(),
+                "pytest": pytest.__version__,
+                "torch": _version("torch"),
+                "git_commit": git_commit(self.config.rootpath),
+            }
+        return {**self._static_env, **self.worker_env}
 
-    def write(self, interrupted: bool = False) -> Path:
-        document = json_report.build(list(self.records.values()), self.environment(),
-                                     {"name": "llmcheck", "version": _version("llmcheck")},
-                                     self.started, time.time(), interrupted)
+    def document(self, interrupted: bool) -> dict[str, Any]:
+        return json_report.build(list(self.records.values()), self.environment(),
+                                 {"name": "llmcheck", "version": _version("llmcheck")},
+                                 self.started, time.time(), interrupted)
+
+    def write(self, interrupted: bool = False, html: bool = False) -> Path:
+        document = self.document(interrupted)
         self.written = json_report.write(self.json_path, document)
+        if html and self.html_path:
+            from llmcheck.reports import html as html_report
+
+            try:
+                self.html_written = html_report.write(self.html_path, document, source=self.json_path.name)
+            except Exception as exc:  # the JSON is safe; say why the page is missing instead of failing the run
+                self.html_error = f"{type(exc).__name__}: {exc}"
         return self.written
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.add(report)
+        if self.add(report):
+            self.write(interrupted=True)  # "not finished" until pytest_sessionfinish says otherwise
 
     @pytest.hookimpl
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        self.write(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED)
+        self.write(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED, html=True)
 
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if self.written is None:
             return
-        counts: dict[str, int] = {}
-        for r in self.records.values():
-            counts[r["status"]] = counts.get(r["status"], 0) + 1
-        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no checks ran"
-        terminalreporter.write_sep("-", f"llmcheck: {summary}")
+        title, *lines = summary_lines(list(self.records.values()))
+        terminalreporter.write_sep("-", title)
+        for line in lines:
+            terminalreporter.write_line(line)
         terminalreporter.write_line(f"llmcheck JSON report: {os.path.relpath(self.written)}")
+        if self.html_written:
+            terminalreporter.write_line(f"llmcheck HTML report: {os.path.relpath(self.html_written)}")
+        if self.html_error:
+            terminalreporter.write_line(f"llmcheck HTML report NOT written to {self.html_path}: {self.html_error}", red=True)
+
+
+def summary_lines(records: list[dict[str, Any]], slowest: int = 3) -> list[str]:
+    """One screen: a families x status table and the slowest checks (the first line is the title)."""
+    counts: dict[str, dict[str, int]] = {}
+    for r in records:
+        row = counts.setdefault(r.get("family", "?"), {})
+        row[r["status"]] = row.get(r["status"], 0) + 1
+    statuses = [s for s in STATUSES if any(s in row for row in counts.values())]
+    totals = ", ".join(f"{sum(row.get(s, 0) for row in counts.values())} {s}" for s in statuses)
+    lines = [f"llmcheck: {totals or 'no checks ran'}"]
+    if not records:
+        return lines
+    width = max(len("family"), *(len(f) for f in counts))
+    lines.append(f"{'family':<{width}}  " + "  ".join(f"{s:>8}" for s in statuses))
+    for family in sorted(counts):
+        lines.append(f"{family:<{width}}  " + "  ".join(f"{counts[family].get(s, 0) or '.':>8}" for s in statuses))
+    timed = sorted((r for r in records if r.get("duration_s")), key=lambda r: -r["duration_s"])[:slowest]
+    if timed:
+        lines.append("slowest: " + ", ".join(f"{r.get('check')} on {r.get('model')} {r['duration_s']:.1f} s" for r in timed))
+    return lines

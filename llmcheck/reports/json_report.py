@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from llmcheck.reports.files import atomic_write_text
 from llmcheck.results import STATUSES, strict_json
 
 SCHEMA_VERSION = "1.0"
@@ -23,7 +24,7 @@ def build(records: list[dict[str, Any]], environment: dict[str, Any], producer: 
     counts = {s: 0 for s in STATUSES}
     for r in records:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    return strict_json({
+    document = strict_json({
         "schema_version": SCHEMA_VERSION,
         "producer": producer,
         "environment": environment,
@@ -33,24 +34,20 @@ def build(records: list[dict[str, Any]], environment: dict[str, Any], producer: 
         "summary": {"total": len(records), **counts},
         "results": records,
     })
+    document["digest"] = content_digest(document)
+    return document
+
+
+def content_digest(document: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of everything but the digest: an edit after writing shows."""
+    body = {k: v for k, v in document.items() if k != "digest"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def write(path: str | os.PathLike, document: dict[str, Any]) -> Path:
-    """Write ``document`` as strict JSON via a temp file and ``os.replace``: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(document, f, indent=1, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``document`` as strict JSON, atomically: readers never see half a file."""
+    return atomic_write_text(path, json.dumps(document, indent=1, allow_nan=False))
 
 
 def read(path: str | os.PathLike) -> dict[str, Any]:
@@ -68,6 +65,8 @@ def read(path: str | os.PathLike) -> dict[str, Any]:
     major = str(doc["schema_version"]).split(".")[0]
     if major != SCHEMA_VERSION.split(".")[0]:
         raise ReportError(f"{path} has schema version {doc['schema_version']}; this llmcheck reads {SCHEMA_VERSION.split('.')[0]}.x")
+    if "digest" in doc and doc["digest"] != content_digest(doc):
+        raise ReportError(f"{path}: content digest does not match; the report was edited after llmcheck wrote it")
     for i, r in enumerate(doc["results"]):
         if not isinstance(r, dict) or r.get("status") not in STATUSES or "id" not in r:
             raise ReportError(f"{path}: result #{i} is malformed (needs id and a status in {', '.join(STATUSES)})")

@@ -1,0 +1,245 @@
+"""memory: peak memory of a training (or inference) step per batch size and sequence length, and
+the largest batch size that fits under a limit. Catches out-of-memory at batch sizes users will
+try, before they try them.
+
+Peak is the process's peak RSS on CPU (its high-water mark, reset before each step through
+``/proc/self/clear_refs``) and ``torch.cuda.max_memory_allocated`` on CUDA. The limit is the
+device's memory on CUDA and, on CPU, ``budget_mb`` or else 90% of the memory available when the
+check starts. The largest batch is found by doubling from 1, then bisection. An out-of-memory
+error at one size (``torch.OutOfMemoryError``, ``MemoryError``, an allocator's "out of memory")
+is a data point, not the end of the run; after a CUDA OOM the harness replaces the worker.
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+import threading
+
+from llmcheck.registry import Check, Param
+from llmcheck.results import Verdict
+
+OOM_TEXT = re.compile(r"out of memory|can't allocate memory|not enough memory|failed to allocate", re.I)
+MODES = ("train", "inference")
+
+
+def out_of_memory(exc: BaseException) -> str | None:
+    """"Type: message" when ``exc`` (or the user error it wraps) is an out-of-memory error."""
+    import torch
+
+    for e in (exc, exc.__cause__):
+        if isinstance(e, (torch.OutOfMemoryError, MemoryError)) or (isinstance(e, RuntimeError) and OOM_TEXT.search(str(e))):
+            return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    return None
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+
+
+def _cpu_peak(run) -> tuple[float, float]:
+    """(peak RSS during ``run()``, RSS before it), in bytes. Linux resets the high-water mark on
+    ``echo 5 > /proc/self/clear_refs``; elsewhere a thread samples RSS every millisecond."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _status_kib("VmRSS")
+        run()
+        return float(_status_kib("VmHWM")), float(before)
+    except OSError:
+        return _sampled_peak(run)
+
+
+def _sampled_peak(run) -> tuple[float, float]:
+    import psutil
+
+    proc, done = psutil.Process(), threading.Event()
+    before = proc.memory_info().rss
+    peak = [before]
+
+    def sample():
+        while not done.wait(0.001):
+            peak[0] = max(peak[0], proc.memory_info().rss)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        run()
+    finally:
+        done.set()
+        thread.join()
+    return float(max(peak[0], proc.memory_info().rss)), float(before)
+
+
+def _cuda_peak(run, device) -> tuple[float, float]:
+    import torch
+
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    run()
+    torch.cuda.synchronize(device)
+    return float(torch.cuda.max_memory_allocated(device)), float(before)
+
+
+def limit(t, p) -> tuple[float, str]:
+    """(bytes, where the number comes from) that a step's peak must stay under."""
+    import psutil
+    import torch
+
+    if p.budget_mb > 0:
+        return p.budget_mb * 2**20, f"budget_mb = {p.budget_mb:g}"
+    if t.device.type == "cuda":
+        return float(torch.cuda.mem_get_info(t.device)[1]), f"memory of {torch.cuda.get_device_name(t.device)}"
+    rss, available = psutil.Process().memory_info().rss, psutil.virtual_memory().available
+    return rss + 0.9 * available, "RSS now + 90% of the memory available at the start"
+
+
+class Runner:
+    """Runs one step at a given size on one model and reports its peak or its OOM."""
+
+    def __init__(self, ctx, p):
+        self.ctx, self.t, self.p = ctx, ctx.target, p
+        self.model = self.t.build().train(p.mode == "train")
+        self.opt = self.t.optimizer(self.model)[0] if p.mode == "train" else None
+        self.limit, self.limit_source = limit(self.t, p)
+        self.last_fit: dict | None = None  # the largest size that fitted, to extrapolate from
+
+    def predicted(self, bs: int, sl: int) -> float | None:
+        """Peak extrapolated linearly in batch x length from the largest size that fitted (CPU
+        only: there an over-large step is killed by the kernel instead of raising)."""
+        last = self.last_fit
+        if self.t.device.type == "cuda" or last is None:
+            return None
+        scale = (bs * sl) / (last["batch_size"] * last["seq_len"])
+        return last["peak_bytes"] - last["step_bytes"] + last["step_bytes"] * scale
+
+    def _step(self, batch):
+        import torch
+
+        from llmcheck.training import train_step
+
+        if self.opt is not None:
+            train_step(self.t, self.model, self.opt, None, batch)
+        else:
+            with torch.no_grad():
+                self.t.forward(self.model, batch)
+
+    def measure(self, bs: int, sl: int) -> dict:
+        from llmcheck.target import UserCodeError
+
+        self.ctx.progress(batch_size=bs, seq_len=sl)
+        out = {"batch_size": bs, "seq_len": sl, "peak_bytes": None, "step_bytes": None, "oom": None,
+               "predicted_bytes": self.predicted(bs, sl)}
+        if out["predicted_bytes"] is not None and out["predicted_bytes"] > 1.5 * self.limit:
+            return {**out, "fits": False}  # not run: it would most likely be OOM-killed
+        try:
+            batch = self.t.batch(batch_size=bs, seq_len=sl)
+            cuda = self.t.device.type == "cuda"
+            peak, before = _cuda_peak(lambda: self._step(batch), self.t.device) if cuda else _cpu_peak(lambda: self._step(batch))
+            out.update(peak_bytes=peak, step_bytes=peak - before)
+        except (UserCodeError, RuntimeError, MemoryError) as exc:
+            out["oom"] = out_of_memory(exc)
+            if out["oom"] is None:
+                raise
+        finally:
+            batch = None
+            self._release()
+        out["fits"] = out["oom"] is None and out["peak_bytes"] <= self.limit
+        if out["fits"] and (self.last_fit is None or bs * sl >= self.last_fit["batch_size"] * self.last_fit["seq_len"]):
+            self.last_fit = out
+        return out
+
+    def _release(self) -> None:
+        import torch
+
+        if self.opt is not None:
+            self.opt.zero_grad(set_to_none=True)
+        gc.collect()
+        if self.t.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def largest_batch(runner: Runner, seq_len: int, cap: int) -> tuple[int, list[dict]]:
+    """Largest batch size <= ``cap`` whose step fits, by doubling from 1 then bisection; and the
+    steps tried. Sizes are assumed monotone: if b does not fit, nothing above it does."""
+    tried, lo, hi, bs = [], 0, None, 1
+    while hi is None:
+        r = runner.measure(bs, seq_len)
+        tried.append(r)
+        if not r["fits"]:
+            hi = bs
+        elif bs >= cap:
+            return bs, tried
+        else:
+            lo, bs = bs, min(bs * 2, cap)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        r = runner.measure(mid, seq_len)
+        tried.append(r)
+        lo, hi = (mid, hi) if r["fits"] else (lo, mid)
+    return lo, tried
+
+
+def measure(ctx, p) -> dict:
+    t = ctx.target
+    runner = Runner(ctx, p)
+    cap_len = t.traits.max_seq_len
+    seq_lens = sorted({min(s, cap_len) if cap_len else s for s in p.seq_lens})
+    sweep = [runner.measure(bs, sl) for sl in seq_lens for bs in sorted(set(p.batch_sizes))]
+    best, tried = largest_batch(runner, seq_lens[-1], p.max_batch_size)
+    first_fail = min((r for r in tried if not r["fits"]), key=lambda r: r["batch_size"], default=None)
+    ctx.record_samples("sweep_peak_bytes", [r["peak_bytes"] or 0.0 for r in sweep])
+    return {"mode": p.mode, "device": str(t.device), "limit_bytes": runner.limit, "limit_source": runner.limit_source,
+            "sweep": sweep, "search_seq_len": seq_lens[-1], "max_batch_size": best, "search": tried,
+            "first_failure": first_fail, "capped": best >= p.max_batch_size}
+
+
+def _mib(n: float | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+def _why(r: dict, m: dict) -> str:
+    if r["oom"]:
+        return f"batch {r['batch_size']} x {r['seq_len']} raised {r['oom']}"
+    if r["peak_bytes"] is None:
+        return (f"batch {r['batch_size']} x {r['seq_len']} would need about {_mib(r['predicted_bytes'])} > limit "
+                f"{_mib(m['limit_bytes'])} (extrapolated, not run)")
+    return f"batch {r['batch_size']} x {r['seq_len']} peaks at {_mib(r['peak_bytes'])} > limit {_mib(m['limit_bytes'])}"
+
+
+def judge(m: dict, p) -> Verdict:
+    problems = [_why(r, m) for r in m["sweep"] if not r["fits"]]
+    best = m["max_batch_size"]
+    if best < p.min_batch_size:
+        problems.append(f"largest batch that fits at seq_len {m['search_seq_len']} is {best} < min_batch_size {p.min_batch_size}")
+    fail = m["first_failure"]
+    bound = (f"; {_why(fail, m)}" if fail else
+             f" (search capped at max_batch_size {p.max_batch_size})" if m["capped"] else "")
+    found = (f"largest batch that fits: {best} at seq_len {m['search_seq_len']} ({m['mode']} step, limit "
+             f"{_mib(m['limit_bytes'])} from {m['limit_source']}){bound}")
+    table = ", ".join(f"{r['batch_size']}x{r['seq_len']}: {_mib(r['peak_bytes'])} (step +{_mib(r['step_bytes'])})"
+                      for r in m["sweep"] if r["fits"])
+    if problems:
+        return Verdict("failed", "; ".join(problems) + f"; {found}")
+    return Verdict("passed", f"{found}; peak per batch x seq_len: {table}")
+
+
+CHECK = Check(
+    name="memory",
+    family="memory",
+    summary="peak memory per batch size and sequence length; the largest batch that fits under the limit",
+    measure=measure,
+    judge=judge,
+    params={
+        "batch_sizes": Param(list, [1, 2, 4, 8], "batch sizes of the sweep (each must fit)", item_type=int, minimum=1),
+        "seq_lens": Param(list, [16, 64], "sequence lengths of the sweep (capped at max_seq_len); the search uses "
+                          "the longest", item_type=int, minimum=1),
+        "mode": Param(str, "train", "step to measure: train (forward, backward, optimizer) or inference", choices=MODES),
+        "budget_mb": Param(float, 0.0, "memory limit in MiB (0: the device's memory on CUDA, 90% of available RAM "
+                           "on CPU)", minimum=0),
+        "max_batch_size": Param(int, 256, "largest batch size the search tries", minimum=1),
+        "min_batch_size": Param(int, 1, "the check fails when the largest batch that fits is smaller", minimum=1),
+    },
+)

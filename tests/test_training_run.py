@@ -1,0 +1,55 @@
+"""The training check's live mode through ``pytest --llmcheck``: a clean model learns and passes,
+and each judgement fires on a run built to trip it, with its numbers in the message."""
+
+from __future__ import annotations
+
+import pytest
+
+from data_sources import WITH_DATA
+from model_sources import variant
+
+SHORT = ("--llmcheck-set", "training.steps=30", "--llmcheck-set", "training.eval_every=10")
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # workers inherit it: no BLAS threads spinning on 2 cores
+
+
+def training(run_llmcheck, source, *args):
+    result = run_llmcheck(source, "-k", "training", *SHORT, *args)
+    return result.by_check["training"]
+
+
+def test_a_clean_model_learns_and_passes_training_with_its_curves_recorded(run_llmcheck):
+    found = training(run_llmcheck, WITH_DATA)
+    assert found["status"] == "passed", found["message"]
+    assert "training run: 30 steps" in found["message"] and "drop" in found["message"]
+    assert "0 loss spike(s) > 2x the median" in found["message"]
+    assert len(found["samples"]["loss"]) == 30 and len(found["samples"]["lr"]) == 30
+    assert found["metrics"]["val_steps"] == [0, 10, 20, 30]
+    losses = found["samples"]["loss"]
+    assert sum(losses[-5:]) < 0.8 * sum(losses[:5])
+
+
+def test_a_learning_rate_that_diverges_fails_training(run_llmcheck):
+    found = training(run_llmcheck, variant("lr=1e-2", "lr=1.0", WITH_DATA))
+    assert found["status"] == "failed"
+    assert "diverged: loss" in found["message"] and "x the first loss 4.1" in found["message"]
+    assert "(step 0; limit 4x)" in found["message"] and "stopped early (loss exploded at step" in found["message"]
+
+
+WARMUP_BUG = variant(
+    "    return torch.optim.AdamW(model.parameters(), lr=1e-2)",
+    "    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)\n"
+    "    # the bug: warm-up divided by the total steps instead of the warm-up steps\n"
+    "    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (5 * 100)))",
+    WITH_DATA)
+
+
+def test_a_warmup_that_never_reaches_its_peak_fails_training(run_llmcheck):
+    found = training(run_llmcheck, WARMUP_BUG, "--llmcheck-set", "training.warmup_steps=5",
+                     "--llmcheck-set", "training.min_improvement=0")
+    assert found["status"] == "failed"
+    assert ("warm-up does not reach its peak: lr at step 5 (warmup_steps = 5) is 0.00012 = 1.2% of the peak 0.01 "
+            "(from param group 0 initial_lr) (need >= 99%)") in found["message"]
