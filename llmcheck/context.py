@@ -3,7 +3,6 @@ raw samples and artifacts. Lives in the worker process."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -31,9 +30,3 @@ class Context:
     def artifact(self, name: str, path: str | os.PathLike) -> None:
         """Attach a file the check wrote (a trace, a snapshot) to the result."""
         self.artifacts[name] = str(path)
-
-    def write_artifact(self, name: str, data: Any) -> Path:
-        path = self.tmpdir / f"{name}.json"
-        path.write_text(json.dumps(data))
-        self.artifact(name, path)
-        return path

@@ -13,9 +13,22 @@ from typing import Any
 
 import torch
 
-from llmcheck.target import ContractError, accepts
+from llmcheck.target import ContractError
 
 KEYWORDS = ("past_key_values", "cache")
+SEARCHED = ".past_key_values, .cache, ['past_key_values'], ['cache'] or output[1]"
+
+
+def cache_of(output, keyword: str):
+    """The cache a forward returned: under ``keyword`` or either convention's name (attribute or
+    mapping key), else the second element of a ``(logits, cache)`` tuple; None when there is none."""
+    for key in (keyword, *KEYWORDS):
+        found = output.get(key) if isinstance(output, Mapping) else getattr(output, key, None)
+        if found is not None:
+            return found
+    if isinstance(output, (tuple, list)) and len(output) > 1:
+        return output[1]
+    return None
 
 
 class CacheDecoder:
@@ -23,12 +36,12 @@ class CacheDecoder:
 
     def __init__(self, target, model, keyword: str):
         self.t, self.model, self.keyword = target, model, keyword
-        self.extra = {"use_cache": True} if accepts(model, "use_cache") else {}
+        self.extra = {"use_cache": True} if target.takes("use_cache") else {}
 
     @classmethod
     def of(cls, target, model) -> CacheDecoder | None:
         """A decoder when the model's forward takes a cache keyword, else None."""
-        keyword = next((k for k in KEYWORDS if accepts(model, k)), None)
+        keyword = target.cache_keyword()
         return cls(target, model, keyword) if keyword else None
 
     def prompt(self, batch, new_tokens: int):
@@ -48,14 +61,9 @@ class CacheDecoder:
         return tuple(self.t.tokens(prompt).shape[:2])
 
     def past(self, output):
-        for key in (self.keyword, *KEYWORDS):
-            found = getattr(output, key, None)
-            if found is None and isinstance(output, Mapping):
-                found = output.get(key)
-            if found is not None:
-                return found
-        if isinstance(output, (tuple, list)) and len(output) >= 2:
-            return output[1]
+        found = cache_of(output, self.keyword)
+        if found is not None:
+            return found
         raise ContractError(f"forward of {self.t.name} takes {self.keyword} but returned no cache: return "
                             f"(logits, cache) or an object with .{self.keyword}")
 

@@ -148,11 +148,6 @@ class Worker:
         line, _, self._buf = self._buf.partition(b"\n")
         return json.loads(line)
 
-    def dump_stacks(self, wait: float = 2.0) -> str:
-        """Every thread's Python stack of the worker and of its children (DataLoader workers),
-        written by faulthandler on SIGUSR1, plus native stacks when py-spy is installed."""
-        return stacks.render(stacks.collect(self.proc.pid, self.fault_path, wait))
-
     def _on_timeout(self, offsets, doing: str) -> WorkerTimeout:
         sections = stacks.collect(self.proc.pid, self.fault_path)
         self.kill()

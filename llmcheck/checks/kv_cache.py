@@ -12,23 +12,9 @@ names the first position (or generated step) that differs and the size of the di
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 
 from llmcheck.registry import Check, Param
 from llmcheck.results import Skip, Verdict
-
-SEARCHED = ".past_key_values, .cache, ['past_key_values'], ['cache'] or output[1]"
-
-
-def _cache_of(output, keyword: str):
-    for name in (keyword, "past_key_values", "cache"):
-        found = output.get(name) if isinstance(output, Mapping) else getattr(output, name, None)
-        if found is not None:
-            return found
-    if isinstance(output, (tuple, list)) and len(output) > 1:
-        return output[1]
-    return None
-
 
 class Decoder:
     """Forward calls with and without a cache, in the model's own convention."""
@@ -40,6 +26,8 @@ class Decoder:
         """(logits, cache) for ``ids`` following ``past``; ``total`` is the length with the cache."""
         import torch
 
+        from llmcheck.decoding import cache_of
+
         t, extra = self.t, {}
         if t.takes("attention_mask"):
             extra["attention_mask"] = torch.ones(ids.shape[0], total or ids.shape[1], dtype=torch.long, device=ids.device)
@@ -49,7 +37,7 @@ class Decoder:
             extra[self.keyword] = past
         batch = {"input_ids": ids} if t.takes("input_ids") else ids
         output = t.forward(self.model, batch, **extra)
-        return t.logits(output), (_cache_of(output, self.keyword) if use_cache else None)
+        return t.logits(output), (cache_of(output, self.keyword) if use_cache else None)
 
     def incremental(self, ids, prefill: int) -> list[float] | str:
         """Logits of a prefill of ``prefill`` tokens, then one token at a time, stacked by position."""
@@ -59,6 +47,8 @@ class Decoder:
         steps = [logits]
         for pos in range(prefill, ids.shape[1]):
             if past is None:
+                from llmcheck.decoding import SEARCHED
+
                 return f"forward(use_cache=True) returned no cache (looked for {SEARCHED})"
             logits, past = self(ids[:, pos:pos + 1], past, total=pos + 1)
             steps.append(logits)
