@@ -43,3 +43,11 @@ def test_a_cold_start_over_max_first_output_s_fails_naming_its_slowest_part():
     assert verdict.status == "failed"
     assert verdict.message.startswith("cold start 4.56 s > max_first_output_s 2 s; first output 4.56 s")
     assert "first forward 300.00 ms (30x the warm forward); slowest part: import model file" in verdict.message
+
+
+def test_a_factory_that_stalls_at_construction_fails_a_cold_start_budget_naming_construction(run_llmcheck):
+    source = CLEAN.replace("def tiny():\n    return TinyLM()", "def tiny():\n    import time\n    time.sleep(8)\n    return TinyLM()")
+    r = run_llmcheck(source, "-k", "coldstart", "--llmcheck-set", "coldstart.max_first_output_s=7",
+                     "--llmcheck-set", "coldstart.timeout=600").by_check["coldstart"]
+    assert r["status"] == "failed", r["message"]
+    assert "> max_first_output_s 7 s" in r["message"] and "slowest part: construct" in r["message"]
