@@ -1,4 +1,5 @@
-"""The ``llmcheck`` command: ``compare`` gates a merge, ``report`` re-renders, ``checks`` lists checks.
+"""The ``llmcheck`` command: ``compare`` gates a merge, ``report`` re-renders, ``checks`` lists checks,
+``ab`` benchmarks two versions of a model interleaved (llmcheck.ab_cli).
 
 Exit codes: 0 fine, 1 a regression (compare), 2 the input could not be used (a broken or foreign
 report, mismatched environments, a bad threshold). Running checks is pytest's job:
@@ -58,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     k = sub.add_parser("checks", help="list the registered checks and their parameters")
     k.add_argument("--json", action="store_true", help="as JSON")
     k.set_defaults(run=_checks)
+    from llmcheck import ab_cli
+
+    ab_cli.add_parser(sub)
     return parser
 
 

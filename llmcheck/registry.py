@@ -51,9 +51,13 @@ class Check:
     params: Mapping[str, Param] = field(default_factory=dict)
     needs: frozenset[str] = frozenset()
     timeout: float | None = None  # default seconds, when the check needs more than the global one
+    timing: bool = False  # its numbers are timings: under pytest-xdist it runs alone (plugins/scheduling.py)
     # (params) -> configurations; each becomes its own item, ``name[bs=8-bfloat16]`` (see variant_id),
     # and reaches measure as ``ctx.variant``. None: one item per check.
     variants: Callable[[Any], list[dict[str, Any]]] | None = None
+    # ([{"metrics", "samples"} per process], params) -> merged metrics; pure, torch-free. When set, the
+    # harness measures in ``processes`` worker processes and judges the merged metrics (llmcheck.processes).
+    merge: Callable[[list[dict[str, Any]], Any], dict[str, Any]] | None = None
 
     def __post_init__(self):
         unknown = set(self.needs) - set(KNOWN_NEEDS)

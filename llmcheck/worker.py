@@ -199,6 +199,13 @@ class Worker:
                 pass
 
 
+def run_message(file: str, model: str, check: str, params: dict[str, Any], settings: dict[str, Any],
+                variant: dict[str, Any] | None) -> dict[str, Any]:
+    """The command that runs one check on one model in a worker (see ``_child.Worker.run``)."""
+    return {"op": "run", "file": file, "model": model, "check": check, "params": dict(params),
+            "settings": dict(settings), "variant": variant}
+
+
 def _progress_text(progress: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in progress.items() if k != "op")
 
@@ -227,16 +234,38 @@ class WorkerPool:
     def __init__(self, log_dir: Path, cwd: str | None = None):
         self.log_dir, self.cwd = log_dir, cwd
         self.workers: dict[tuple, Worker] = {}
+        # Extra processes of the current model (llmcheck.processes), kept across its items so a
+        # measurement spread over N processes costs N - 1 start-ups per model, not per item.
+        self.spares: dict[tuple, Worker] = {}
         self.env: dict[str, Any] | None = None
 
     def get(self, key: tuple, startup_timeout: float) -> Worker:
         worker = self.workers.get(key)
         if worker is not None and worker.alive:
             return worker
+        self._close_others(key)
         for other in list(self.workers):
             self.workers.pop(other).close()
         worker = self.workers[key] = Worker(self.log_dir, startup_timeout, self.cwd)
         return worker
+
+    def spare(self, key: tuple, index: int, startup_timeout: float) -> Worker:
+        """Extra process ``index`` (2, 3, ...) of model ``key``: alive until the pool moves on to
+        another model, or until a check in it fails (the caller then closes it)."""
+        self._close_others(key)
+        worker = self.spares.get((*key, index))
+        if worker is None or not worker.alive:
+            worker = self.spares[(*key, index)] = Worker(self.log_dir, startup_timeout, self.cwd)
+        return worker
+
+    def retire_spare(self, key: tuple, index: int) -> None:
+        worker = self.spares.pop((*key, index), None)
+        if worker is not None:
+            worker.close()
+
+    def _close_others(self, key: tuple) -> None:
+        for other in [k for k in self.spares if k[:len(key)] != key]:
+            self.spares.pop(other).close()
 
     def request(self, key: tuple, message: dict, timeout: float, startup_timeout: float,
                 on_progress=None) -> tuple[dict, str]:
@@ -258,9 +287,10 @@ class WorkerPool:
             self.workers[new] = self.workers.pop(old)
 
     def close(self) -> None:
-        for worker in self.workers.values():
+        for worker in [*self.workers.values(), *self.spares.values()]:
             worker.close()
         self.workers.clear()
+        self.spares.clear()
 
 
 if __name__ == "__main__":

@@ -23,11 +23,13 @@ def run_llmcheck(pytester):
     ``.by_check`` (check name -> result record) attached.
     """
 
-    def run(source: str = CLEAN, *args: str, name: str = "model.py"):
+    def run(source: str = CLEAN, *args: str, name: str = "model.py", subprocess: bool = False):
+        # subprocess: a separate pytest process, for sessions that must not share this one's
+        # interpreter (a second in-process session with -n cannot load its plugins any more).
         path = pytester.path / name
         path.write_text(textwrap.dedent(source))
-        result = pytester.runpytest("--llmcheck", str(path), "-p", "no:cacheprovider",
-                                    "--llmcheck-json", "report.json", *args)
+        runner = pytester.runpytest_subprocess if subprocess else pytester.runpytest
+        result = runner("--llmcheck", str(path), "-p", "no:cacheprovider", "--llmcheck-json", "report.json", *args)
         report_path = pytester.path / "report.json"
         result.report = json.loads(report_path.read_text()) if report_path.exists() else None
         result.by_check = {r["check"]: r for r in (result.report or {}).get("results", [])}

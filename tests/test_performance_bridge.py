@@ -5,7 +5,7 @@ from model_sources import CLEAN, variant
 
 ARGS = ("-m", "performance", "--llmcheck-set", "throughput=false", "--llmcheck-set", "amp=false",
         "--llmcheck-set", "latency.num_threads=1", "--llmcheck-set", "latency.batch_sizes=[1]",
-        "--llmcheck-set", 'latency.precisions=["float32"]')
+        "--llmcheck-set", 'latency.precisions=["float32"]', "--llmcheck-set", "latency.processes=1")
 SLOWER = variant("def forward(self, idx):\n", "def forward(self, idx):\n        time.sleep(0.02)\n",
                  variant("import torch\n", "import time\nimport torch\n"))
 

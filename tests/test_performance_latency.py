@@ -12,7 +12,7 @@ import json
 from model_sources import CLEAN, variant
 
 ONLY_LATENCY = ("-m", "performance", "--llmcheck-set", "throughput=false", "--llmcheck-set", "amp=false",
-                "--llmcheck-set", "latency.num_threads=1", "-rA")
+                "--llmcheck-set", "latency.num_threads=1", "--llmcheck-set", "latency.processes=1", "-rA")
 LOOSE = "'max_iqr_ratio': 100.0, 'min_valid_samples': 3"  # judge budgets even on a noisy shared machine
 
 CACHED = '''

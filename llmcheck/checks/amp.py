@@ -148,6 +148,7 @@ def judge(m: dict, p) -> Verdict:
 CHECK = Check(
     name="amp",
     family="performance",
+    timing=True,
     summary="autocast outputs and gradients within a dtype-aware tolerance of float32; speed-up with its CI",
     measure=measure,
     judge=judge,

@@ -94,6 +94,7 @@ def judge(m: dict, p) -> Verdict:
 CHECK = Check(
     name="coldstart",
     family="coldstart",
+    timing=True,
     summary="time from a fresh process to the first output: import, construction, checkpoint load, first vs warm forward",
     measure=measure,
     judge=judge,

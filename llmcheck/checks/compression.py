@@ -302,6 +302,7 @@ def judge(m: dict, p) -> Verdict:
 CHECK = Check(
     name="compression",
     family="compression",
+    timing=True,
     summary="compressed variants (int8, int4, fp16, bf16, pruning, a student) against the baseline: "
             "coverage, accuracy, size, speed",
     measure=measure,

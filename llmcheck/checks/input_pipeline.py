@@ -78,6 +78,7 @@ def measure(ctx, p) -> dict:
 CHECK = Check(
     name="input-pipeline",
     family="input-pipeline",
+    timing=True,
     summary="data loading keeps up with the model's training and inference steps; measures a faster setting",
     measure=measure,
     judge=judge,

@@ -5,6 +5,10 @@ causal models that take a cache (``past_key_values``), prefill latency, time to 
 per-token decode latency and decode tokens/s. Catches configurations over their budget, measured
 with statistics (llmcheck.timing): a measurement that is too noisy or has too few samples is
 invalid and fails every budget it is judged against.
+
+With ``processes`` > 1 (default 3) the harness repeats the measurement in fresh worker processes
+(llmcheck.processes) and `merge` pools them: budgets judge the pooled numbers, whose CI of the
+median is widened by the between-process spread (llmcheck.spread), and compare reads the spread.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from llmcheck import perf, timing
+from llmcheck import perf, processes, spread, timing
 from llmcheck.registry import Check, Param
 from llmcheck.results import Verdict
 
@@ -47,8 +51,14 @@ def _plan(p, budgets: dict[str, float]) -> timing.Plan:
 
 def _series(m: timing.Measurement, tokens: int) -> dict[str, Any]:
     out = m.to_metrics()
-    out["tokens_per_s"] = tokens / (m.median_ms / 1e3) if m.median_ms > 0 else None
-    return out
+    out["tokens"] = tokens
+    return _throughput(out)
+
+
+def _throughput(series: dict[str, Any]) -> dict[str, Any]:
+    med = series["median_ms"]
+    series["tokens_per_s"] = series["tokens"] / (med / 1e3) if med > 0 else None
+    return series
 
 
 def measure(ctx, p) -> dict:
@@ -103,6 +113,29 @@ def _generation(ctx, t, model, batch, v, p, plan, validity):
     return gen, ""
 
 
+SERIES = {"forward_ms": "forward", "prefill_ms": "prefill", "ttft_ms": "ttft", "decode_token_ms": "decode"}
+
+
+def merge(parts: list[dict[str, Any]], p) -> dict:
+    """One process's metrics shape from several processes' (pure): each timed series from the pooled
+    samples (spread.merge_timing), peak memory the highest, the rest as the first process saw it."""
+    first = parts[0]["metrics"]
+    out = {**first, "validity": {}}
+
+    def series(name: str, get) -> dict[str, Any]:
+        out["validity"][name] = all(pt["metrics"]["validity"].get(name, False) for pt in parts)
+        merged = spread.merge_timing([get(pt["metrics"]) for pt in parts], [pt["samples"].get(name, []) for pt in parts])
+        return _throughput(merged)
+
+    out["forward"] = series("forward_ms", lambda m: m["forward"])
+    if first["generation"] and all(pt["metrics"]["generation"] for pt in parts):
+        out["generation"] = {**first["generation"], **{key: series(name, lambda m, key=key: m["generation"][key])
+                                                       for name, key in SERIES.items() if key != "forward"}}
+    peaks = [pt["metrics"]["memory"]["peak_memory_mb"] for pt in parts]
+    out["memory"] = {**first["memory"], "peak_memory_mb": max(peaks), "per_process_peak_mb": peaks}
+    return out
+
+
 def _budget_problems(m: dict, where: str) -> list[str]:
     problems, b = [], m["budgets"]
     for name, key, stat, label, unit in RULES:
@@ -127,16 +160,20 @@ def _budget_problems(m: dict, where: str) -> list[str]:
 def _fmt(label: str, s: dict) -> str:
     ci = f"CI {s['ci_low_ms']:.3g}-{s['ci_high_ms']:.3g}, " if s["ci_low_ms"] is not None else ""
     tails = ", ".join(f"p{q} {s[f'p{q}_ms']:.3g} ms" for q in (90, 99) if s[f"p{q}_ms"] is not None)
-    text = f"{label} p50 {s['median_ms']:.3g} ms ({ci}n={s['n']}, IQR/median {s['iqr_ratio']:.0%}{', ' + tails if tails else ''})"
+    over, between = spread.describe(s)
+    text = (f"{label} p50 {s['median_ms']:.3g} ms{' ' + over if over else ''} ({between + ', ' if between else ''}"
+            f"{ci}n={s['n']}, IQR/median {s['iqr_ratio']:.0%}{', ' + tails if tails else ''})")
     return text if s["valid"] else text + f" [invalid: {'; '.join(s['invalid_reasons'])}]"
 
 
 def judge(m: dict, p) -> Verdict:
     where = perf.describe({**m["config"], "bs": m["batch_size"], "sl": m["seq_len"]})  # sl as run: capped at max_seq_len
     problems = _budget_problems(m, where)
-    if problems:
-        return Verdict("failed", "; ".join(problems))
     fw = m["forward"]
+    if problems:
+        over, between = spread.describe(fw)
+        measured = f"; forward measured {over}{f' ({between})' if between else ''}" if over else ""
+        return Verdict("failed", "; ".join(problems) + measured)
     parts = [_fmt("forward", fw) + f", {fw['tokens_per_s']:.4g} tokens/s",
              f"peak memory {m['memory']['peak_memory_mb']:.4g} MB ({m['memory']['memory_kind']})"]
     gen = m["generation"]
@@ -151,10 +188,12 @@ def judge(m: dict, p) -> Verdict:
 CHECK = Check(
     name="latency",
     family="performance",
+    timing=True,
     summary="forward, prefill, time-to-first-token and decode latency per configuration, with statistics and budgets",
     measure=measure,
     judge=judge,
     variants=variants,
+    merge=merge,
     params={
         "batch_sizes": Param(list, [1, 8], "batch sizes, one item each", minimum=1, item_type=int),
         "seq_lens": Param(list, [16], "sequence lengths, one item each (capped at max_seq_len)", minimum=1, item_type=int),
@@ -165,6 +204,7 @@ CHECK = Check(
         "compile_mode": Param(str, "default", "torch.compile mode", choices=("default", "reduce-overhead", "max-autotune")),
         "decode_tokens": Param(int, 8, "new tokens per timed generation (models with a cache)", minimum=1),
         **timing.PARAMS,
+        **processes.PARAMS,
         **perf.budget_params(BUDGETS),
     },
 )

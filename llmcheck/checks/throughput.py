@@ -210,6 +210,7 @@ def judge(m: dict, p) -> Verdict:
 CHECK = Check(
     name="throughput",
     family="performance",
+    timing=True,
     summary="inference and training tokens/s over batch sizes: curve, knee, FLOPs/token, MFU, parallel scaling",
     measure=measure,
     judge=judge,

@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
+from llmcheck.processes import spread_over_processes
 from llmcheck.registry import Check, variant_id
 from llmcheck.results import FAILING, Result
 from llmcheck.settings import GLOBAL_PARAMS, Layer, SettingsError, resolve
-from llmcheck.worker import WorkerFailure, WorkerPool
+from llmcheck.worker import WorkerFailure, WorkerPool, run_message
 
 DECLARES_MODEL = re.compile(r"@\s*(?:llmcheck\s*\.\s*)?model\b")
 
@@ -134,7 +135,9 @@ class CheckItem(pytest.Item):
     def runtest(self) -> None:
         state: State = self.config.stash[STATE_KEY]
         started = time.perf_counter()
-        result = self._run(state)
+        from llmcheck.plugins import ab_items  # A/B mode (--llmcheck-ab-base), in llmcheck.plugins.ab_items
+
+        result = ab_items.run(self, state) if ab_items.applies(self) else self._run(state)
         if not result.duration_s:
             result.duration_s = time.perf_counter() - started
         state.results[self.nodeid] = result
@@ -153,9 +156,7 @@ class CheckItem(pytest.Item):
         self.params = dict(params)
         if not enabled:
             return Result("skipped", f"{self.check.name} is turned off (checks={{{self.check.name!r}: False}})")
-        message = {"op": "run", "file": str(self.path), "model": self.model["name"],
-                   "check": self.check.name, "params": dict(params), "settings": dict(glob),
-                   "variant": self.variant}
+        message = run_message(str(self.path), self.model["name"], self.check.name, params, glob, self.variant)
         try:
             reply, output = state.pool.request((str(self.path), self.model["name"]), message,
                                                timeout=params["timeout"], startup_timeout=glob["startup_timeout"])
@@ -163,7 +164,8 @@ class CheckItem(pytest.Item):
             return Result(exc.status, exc.message, trace=exc.trace, output=exc.output)
         result = Result.from_json(reply["result"])
         result.output = output
-        return result
+        return spread_over_processes(self.check, message, params, glob, result, state.pool,
+                                     (str(self.path), self.model["name"]))
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, CheckFailed):

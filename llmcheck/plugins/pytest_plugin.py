@@ -13,8 +13,9 @@ import pytest
 
 from llmcheck.hf import is_model_dir
 from llmcheck.plugins.items import STATE_KEY, CheckItem, ModelDir, ModelFile, State, declares_models
-from llmcheck.plugins import benchmark_bridge, progress
+from llmcheck.plugins import ab_items, benchmark_bridge, progress
 from llmcheck.plugins.report_writer import RECORD_ATTR, ReportWriter
+from llmcheck.plugins.scheduling import Slots
 from llmcheck.registry import RegistryError, load_checks
 from llmcheck.settings import Layer, SettingsError, assignments, pyproject_layer
 from llmcheck.worker import WorkerPool
@@ -22,6 +23,8 @@ from llmcheck.worker import WorkerPool
 WRITER_KEY = pytest.StashKey[ReportWriter]()
 TMP_KEY = pytest.StashKey[Path]()
 PROGRESS_KEY = pytest.StashKey[float]()
+SLOTS_KEY = pytest.StashKey[Slots]()
+SCHEDULING_KEY = pytest.StashKey[dict]()  # on an item: when it ran, on which xdist worker, how long it waited
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -34,6 +37,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--llmcheck-timeout", metavar="SECONDS", help="per-check timeout (same as --llmcheck-set timeout=...)")
     group.addoption("--llmcheck-seed", metavar="N", help="seed for every factory call (same as --llmcheck-set seed=N)")
     group.addoption("--llmcheck-device", metavar="DEVICE", help="cpu, cuda or cuda:N (same as --llmcheck-set device=...)")
+    ab_items.add_options(group)
     parser.addini("llmcheck_json", "JSON report path", default="llmcheck-report.json")
     parser.addini("llmcheck_html", "HTML report path (empty: no HTML report)", default="")
     parser.addini("llmcheck_progress", "seconds a check runs before progress lines name it (0: never)", default="10")
@@ -77,7 +81,13 @@ def pytest_configure(config: pytest.Config) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="llmcheck-"))
     config.stash[TMP_KEY] = tmp
     config.stash[STATE_KEY] = State(checks, layers, cli, WorkerPool(tmp, cwd=str(config.invocation_params.dir)))
+    config.stash[SLOTS_KEY] = Slots(config)
     if not hasattr(config, "workerinput"):  # xdist workers send records to the controller instead
+        if config.pluginmanager.hasplugin("xdist"):
+            from llmcheck.plugins.xdist_hooks import XdistHooks
+
+            (tmp / "slots").mkdir()
+            config.pluginmanager.register(XdistHooks(checks, tmp / "slots"), "llmcheck-xdist")
         path = config.getoption("llmcheck_json") or config.getini("llmcheck_json")
         html = config.getoption("llmcheck_html") or config.getini("llmcheck_html") or None
         writer = config.stash[WRITER_KEY] = ReportWriter(config, path, html)
@@ -141,13 +151,17 @@ def _is_test_module(path: Path, parent: pytest.Collector) -> bool:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
-    every = item.config.stash.get(PROGRESS_KEY, 0)
-    ticker = progress.for_item(item, item.config.stash[STATE_KEY].pool, every) if isinstance(item, CheckItem) else None
-    try:
+    if not isinstance(item, CheckItem):
         return (yield)
-    finally:
-        if ticker is not None:
-            ticker.stop()
+    every = item.config.stash.get(PROGRESS_KEY, 0)
+    with item.config.stash[SLOTS_KEY].hold(exclusive=item.check.timing) as slot:
+        item.stash[SCHEDULING_KEY] = slot
+        ticker = progress.for_item(item, item.config.stash[STATE_KEY].pool, every)
+        try:
+            return (yield)
+        finally:
+            if ticker is not None:
+                ticker.stop()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -170,6 +184,9 @@ def record(item: CheckItem, report: pytest.TestReport, result, env) -> dict:
     data = result.to_json()
     data.update(id=item.nodeid, file=str(item.path), model=item.model["name"], check=item.check.name,
                 family=item.check.family, params=item.params)
+    scheduling = item.stash.get(SCHEDULING_KEY, None)
+    if scheduling:
+        data["scheduling"] = scheduling
     if env:
         data["environment"] = env
     return data

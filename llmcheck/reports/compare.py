@@ -8,8 +8,11 @@ minimum effect *and* whose Mann-Whitney U test says the shift is real; or a metr
 alone is never a regression: with the defaults (alpha 0.01, 5% minimum effect) an A/A comparison
 of recorded samples fires far less than 1% of the time (tests/test_compare_statistics.py).
 
-Run-to-run drift on shared machines can exceed within-run noise (DESIGN.md §4): comparing two
-stored runs needs a threshold above that drift, or an interleaved A/B run.
+Run-to-run drift on shared machines can exceed within-run noise (DESIGN.md §4). When both runs
+measured a series in several worker processes (``metrics.processes.series``, llmcheck.processes),
+a shift must also be significant across the per-process medians, and a series whose
+between-process spread exceeds the threshold is "inconclusive": too noisy to compare two stored
+runs (significance.judge_processes). Reports without per-process data are judged as before.
 """
 
 from __future__ import annotations
@@ -20,7 +23,15 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
-from llmcheck.reports.significance import judge_shift, pct, repeated, shift
+from llmcheck.reports.significance import (
+    judge_processes,
+    judge_shift,
+    pct,
+    process_shift,
+    repeated,
+    shift,
+    too_noisy,
+)
 from llmcheck.results import FAILING
 
 # Environment fields that make two runs incomparable, and fields that are worth a warning.
@@ -133,6 +144,10 @@ def compare(base: dict[str, Any], head: dict[str, Any], rules: Rules | None = No
     records = [*base["results"], *head["results"]]
     warnings += [f"threshold {t.pattern}:{t.text()} from {t.source} matched no metric or sample series"
                  for t in rules.thresholds if not any(t.matches(r, p) for r in records for p in _paths(r))]
+    noisy = sum(bool(r.get("noisy")) for r in rows)
+    if noisy:
+        warnings.append(f"{noisy} series too noisy to compare across the two stored runs (their between-process spread "
+                        "exceeds the threshold); compare the versions interleaved in one session with llmcheck ab")
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
@@ -234,10 +249,24 @@ def _sample_rows(b: dict, h: dict, rules: Rules) -> list[dict]:
         t = explicit or Threshold(path, -1 if better(name) == "higher" else 1, rules.min_effect,
                                   True, "the default minimum effect")
         verdict, note = judge_shift(s, t, rules.alpha, len(base), len(head))
+        ps, extra = process_shift(process_medians(b, name), process_medians(h, name)), {}
+        if ps is not None:
+            what = "minimum effect" if explicit is None else "threshold"
+            verdict, note = judge_processes(verdict, note, s, ps, t, rules.alpha, what)
+            extra = {"spread": ps.spread, "p_processes": ps.p_value, "processes": [ps.base_processes, ps.head_processes],
+                     "noisy": verdict == "inconclusive" and bool(too_noisy(ps, t, s.base_median, what))}
         rows.append(_row(h, "samples", name, s.base_median, s.head_median, verdict, note, change=s.change,
                          better="higher" if t.worse < 0 else "lower", p_value=s.p_value,
-                         threshold=t.text(), threshold_pattern=t.pattern if t.source != "the default minimum effect" else None))
+                         threshold=t.text(), threshold_pattern=t.pattern if t.source != "the default minimum effect" else None,
+                         **extra))
     return rows
+
+
+def process_medians(record: dict, name: str) -> list[float]:
+    """The per-process medians a run recorded for a sample series (``metrics.processes.series``), or []."""
+    series = ((record.get("metrics") or {}).get("processes") or {}).get("series") or {}
+    entry = series.get(name) if isinstance(series, dict) else None
+    return _clean(entry.get("medians")) if isinstance(entry, dict) else []
 
 
 def _clean(values: Any) -> list[float]:
@@ -281,12 +310,21 @@ def _judge_metric(b: dict, h: dict, path: str, t: Threshold, bv: float, hv: floa
     series = _series_for(path, b.get("samples") or {}, h.get("samples") or {})
     if not series:
         return "regression", f"{bv:.4g} -> {hv:.4g}: beyond {t.text()} (from {t.source})"
+    drift = []
     for name in series:
         s = shift(_clean(b["samples"][name]), _clean(h["samples"][name]))
         # the series must get worse by its own measure: tokens/s falling shows as milliseconds rising
         same_way = s.change is not None and s.change * (-1 if better(name) == "higher" else 1) > 0
         if s.p_value is not None and s.p_value < alpha and same_way:
-            return "regression", f"{bv:.4g} -> {hv:.4g}: beyond {t.text()}, confirmed by samples {name} (p = {s.p_value:.2g})"
+            ps = process_shift(process_medians(b, name), process_medians(h, name))
+            confirmed = f"{bv:.4g} -> {hv:.4g}: beyond {t.text()}, confirmed by samples {name} (p = {s.p_value:.2g}"
+            if ps is None or ps.p_value < alpha:
+                return "regression", confirmed + (f", Welch p = {ps.p_value:.2g} on process medians)" if ps else ")")
+            drift.append((ps, confirmed + f") but not across processes (Welch p = {ps.p_value:.2g})"))
+    if drift:  # significant in pooled samples only: run-to-run drift, or too noisy to tell
+        ps, note = drift[0]
+        noisy = too_noisy(ps, t, bv, "threshold")
+        return ("inconclusive", f"{note}; {noisy}") if noisy else ("within noise", f"{note}: drift")
     return "within noise", f"{bv:.4g} -> {hv:.4g}: beyond {t.text()}, but the raw samples show no significant shift"
 
 

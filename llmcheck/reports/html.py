@@ -21,6 +21,7 @@ from markupsafe import Markup
 
 from llmcheck.reports.files import atomic_write_text
 from llmcheck.reports.charts import Chart, charts_across, charts_for
+from llmcheck.reports import ab_html
 from llmcheck.results import FAILING, STATUSES
 
 SYMBOLS = {"passed": "✔", "failed": "✘", "error": "✘", "timeout": "⏱", "crashed": "☠", "skipped": "–"}
@@ -44,7 +45,7 @@ def render(document: dict[str, Any], source: str = "the run") -> str:
                       trim_blocks=True, lstrip_blocks=True)
     records = document.get("results", [])
     models, chart_css = _models(records)
-    css = env.loader.get_source(env, "report.css")[0] + "\n" + "\n".join(dict.fromkeys(chart_css))
+    css = env.loader.get_source(env, "report.css")[0] + "\n" + "\n".join(dict.fromkeys(chart_css)) + ab_html.EXTRA_CSS
     return env.get_template("report.html.j2").render(
         csp=Markup(csp(css)), css=Markup(css),  # both built here, from constants and a hash
         run=_run(document), grid=_grid(records, models),
@@ -105,6 +106,7 @@ def _record(r: dict[str, Any], anchor: str) -> dict[str, Any]:
         "samples": [_sample_row(k, v) for k, v in (r.get("samples") or {}).items() if isinstance(v, list) and v],
         "artifacts": sorted((r.get("artifacts") or {}).items()),
         "trace": _clip(r.get("trace", "")), "output": _clip(r.get("output", "")),
+        "ab": ab_html.record_view(r),  # pytest --llmcheck-ab-base: the A/B verdict and ratio plot
     }
 
 

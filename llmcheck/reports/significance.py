@@ -3,6 +3,15 @@
 A shift counts only when it is both significant (two-sided Mann-Whitney U, p < alpha) and larger
 than the threshold on the median; with too few samples for the test to ever reach alpha, the
 answer is "inconclusive", never "no change" (asv's criterion: the smallest attainable exact p).
+
+When both runs measured a series in several worker processes (llmcheck.processes), the test on
+pooled samples is not enough: run-to-run drift moves a whole process's samples together, which
+the rank test takes for a real shift (DESIGN.md §4). The per-process medians then decide too: a
+shift counts only if Welch's t test on their logarithms also gives p < alpha (a rank test on 3 vs
+3 medians could never reach alpha 0.01: its smallest p is 0.1). And when either run's
+between-process spread ((max - min) / median of its per-process medians) exceeds the threshold,
+a change of that size cannot be told from drift: the row is "inconclusive", too noisy to compare
+(`llmcheck ab` measures both versions interleaved in one session instead).
 """
 
 from __future__ import annotations
@@ -69,6 +78,69 @@ def judge_shift(s: Shift, t: Threshold, alpha: float, m: int, n: int) -> tuple[s
     if better_ and significant:
         return "improvement", f"{effect}, beyond {reverse(t).text()}"
     return "unchanged", f"{effect}: within {t.text()}"
+
+
+@dataclass
+class ProcessShift:
+    """A series compared through its per-process medians (both runs measured several processes)."""
+
+    base_processes: int
+    head_processes: int
+    change: float  # ratio of the geometric means of the medians, minus 1
+    p_value: float  # Welch's t test on the log medians, two-sided
+    spread: float  # the larger of the two runs' between-process spreads
+
+
+def range_ratio(medians: list[float]) -> float:
+    return (max(medians) - min(medians)) / statistics.median(medians)
+
+
+def process_shift(base: list[float], head: list[float]) -> ProcessShift | None:
+    """None unless both runs have at least two positive per-process medians."""
+    from scipy.stats import ttest_ind
+
+    if len(base) < 2 or len(head) < 2 or min(base + head) <= 0:
+        return None
+    lb, lh = [math.log(v) for v in base], [math.log(v) for v in head]
+    if max(lb) == min(lb) and max(lh) == min(lh):  # no spread on either side: a difference is exact
+        p = 1.0 if lb[0] == lh[0] else 0.0
+    else:
+        p = float(ttest_ind(lb, lh, equal_var=False).pvalue)
+    change = math.exp(statistics.fmean(lh) - statistics.fmean(lb)) - 1
+    return ProcessShift(len(base), len(head), change, p, max(range_ratio(base), range_ratio(head)))
+
+
+def noise_limit(t: Threshold, base_median: float) -> float:
+    """The threshold as a relative change: what the between-process spread is held against."""
+    if t.relative:
+        return t.amount
+    return t.amount / abs(base_median) if base_median else math.inf
+
+
+def too_noisy(ps: ProcessShift, t: Threshold, base_median: float, what: str) -> str:
+    """Why the two runs are too noisy to compare, or "" when they are not."""
+    limit = noise_limit(t, base_median)
+    if ps.spread <= limit:
+        return ""
+    return (f"between-process spread {ps.spread:.1%} exceeds the {limit:.1%} {what}: too noisy to compare; "
+            "use llmcheck ab")
+
+
+def judge_processes(verdict: str, note: str, s: Shift, ps: ProcessShift, t: Threshold, alpha: float,
+                    what: str = "threshold") -> tuple[str, str]:
+    """The verdict on pooled samples (judge_shift), checked against the per-process medians."""
+    test = f"Welch p = {ps.p_value:.2g} on {ps.base_processes} vs {ps.head_processes} process medians"
+    noisy = too_noisy(ps, t, s.base_median, what)
+    if verdict in ("regression", "improvement"):
+        if ps.p_value < alpha:
+            return verdict, f"{note}; {test}, between-process spread {ps.spread:.1%}"
+        if noisy:
+            return "inconclusive", f"{note}, but {test}; {noisy}"
+        return ("within noise" if verdict == "regression" else "unchanged"), \
+            f"{note}, but not significant across processes ({test}, between-process spread {ps.spread:.1%}): drift"
+    if noisy:
+        return "inconclusive", f"{note}; {noisy}"
+    return verdict, f"{note}; between-process spread {ps.spread:.1%}"
 
 
 def reverse(t: Threshold) -> Threshold:

@@ -1,0 +1,164 @@
+"""``llmcheck ab`` end to end: real worker processes, tiny models whose speed differs structurally.
+
+Each run is kept short (a 15-20 s budget on one or two configurations of a ~1 ms forward pass);
+verdicts, never timings, are asserted. The false-alarm rate itself is shown on simulated data in
+test_ab_statistics.py, and measured on this machine by benchmarks/ab_sensitivity.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from ab_model_sources import write
+from llmcheck import ab, ab_sources, cli
+from llmcheck.reports import ab_report
+
+FAST = ["--set", "latency.precisions=[\"float32\"]", "--set", "latency.seq_lens=[16]", "-q"]
+# A 20 % change needs no 2 % precision: stop once 4 pairs give ±8 %, which a quiet machine reaches in
+# about 20 s; a busy one keeps adding pairs until the budget, so a disturbed pair is outvoted.
+ADAPTIVE = ["--ab-budget", "60s", "--ab-precision", "8%", "--min-pairs", "4"]
+
+
+def llmcheck_ab(capsys, *args: str) -> tuple[int, str]:
+    code = cli.main(["ab", *args])
+    return code, capsys.readouterr().out
+
+
+def test_two_identical_model_files_show_no_significant_change_in_repeated_runs(tmp_path, monkeypatch, capsys):
+    base, head = write(tmp_path / "a", 5), write(tmp_path / "b", 5)
+    monkeypatch.chdir(tmp_path)
+    verdicts = []
+    for seed in (1, 2):  # two runs of two configurations each: four A/A comparisons
+        out = tmp_path / f"aa{seed}.json"
+        code, _ = llmcheck_ab(capsys, str(base), str(head), "--ab-budget", "15s", "--seed", str(seed),
+                              "--set", "latency.batch_sizes=[4, 8]", "--json", str(out), *FAST)
+        doc = json.loads(out.read_text())
+        verdicts += [r["verdict"] for r in doc["results"]]
+        assert code == 0
+        assert all(len(r["pairs"]) >= 3 for r in doc["results"])
+    assert verdicts == ["no significant change"] * 4
+
+
+def test_a_model_with_a_fifth_more_blocks_is_a_regression_in_every_output(tmp_path, monkeypatch, capsys):
+    jsonschema = pytest.importorskip("jsonschema")
+    base, head = write(tmp_path / "base", 5), write(tmp_path / "head", 6)
+    monkeypatch.chdir(tmp_path)
+    code, table = llmcheck_ab(capsys, str(base), str(head), *ADAPTIVE, "--set", "latency.batch_sizes=[8]",
+                              "--json", "ab.json", "--markdown", "ab.md", "--html", "ab.html", *FAST)
+    doc = json.loads((tmp_path / "ab.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
+    jsonschema.validate(doc, ab_report.SCHEMA)
+    (result,) = doc["results"]
+    assert code == 1, table
+    assert result["verdict"] == "regression", result["message"]
+    assert result["estimate"]["ci_low"] > 1.05
+    ratio = f"{result['estimate']['ratio']:.3f}"
+    assert "1 REGRESSION" in table and ratio in table
+    markdown = (tmp_path / "ab.md").read_text()
+    assert "❌" in markdown and "| regression |" in markdown and ratio in markdown
+    html = (tmp_path / "ab.html").read_text()
+    assert html.count("<svg") == 1 and ratio in html and "regression" in html and "<script" not in html
+    assert "Content-Security-Policy" in html
+
+
+def test_git_ref_path_compares_a_commit_with_the_working_tree_and_removes_its_worktree(tmp_path, monkeypatch, capsys):
+    repo = tmp_path / "repo"
+    write(repo, 5)
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *a],  # noqa: E731
+                                    cwd=repo, check=True, capture_output=True, text=True).stdout
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "five blocks")
+    write(repo, 4)  # the working tree: one block fewer, changed in the sibling module the model imports
+    monkeypatch.chdir(repo)
+    code, table = llmcheck_ab(capsys, "git:HEAD:model.py", "model.py", *ADAPTIVE,
+                              "--set", "latency.batch_sizes=[8]", "--json", "ab.json", *FAST)
+    doc = json.loads((repo / "ab.json").read_text())
+    assert code == 0
+    assert doc["results"][0]["verdict"] == "improvement", table
+    assert doc["base"]["commit"] == git("rev-parse", "HEAD").strip()
+    assert git("worktree", "list", "--porcelain").count("worktree ") == 1  # only the main one is left
+
+
+def test_a_bad_git_spec_or_threshold_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    model = write(tmp_path, 5)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["ab", str(model), str(model), "--threshold", "fast"]) == 2
+    assert "--threshold 'fast'" in capsys.readouterr().err
+    assert cli.main(["ab", "git:nope", str(model)]) == 2
+    assert "expected git:REF:path" in capsys.readouterr().err
+
+
+def test_configurations_are_chosen_by_terms_and_exact_ids():
+    from llmcheck.registry import load_checks
+    from llmcheck.settings import Params
+
+    check = load_checks()["latency"]
+    params = Params({**{k: p.default for k, p in check.params.items()}, "batch_sizes": [1, 8]})
+    configs = ab.configurations(check, params, {}, "m", "forward")
+    keys = [c.key for c in ab.select(configs, "bs=1 not bfloat16")]
+    assert keys and all("bs=1-" in k and "bfloat16" not in k for k in keys)
+    assert [c.key for c in ab.select(configs, exact=[configs[0].key])] == [configs[0].key]
+    if "processes" in check.params:  # each A/B process measures only itself
+        assert all(c.params["processes"] == 1 for c in configs)
+
+
+def test_a_git_spec_names_a_ref_and_a_path():
+    assert ab_sources.parse("git:main:models/m.py") == ("main", "models/m.py")
+    assert ab_sources.parse("git:HEAD~1:./m.py") == ("HEAD~1", "./m.py")
+    assert ab_sources.parse("model.py") is None
+
+
+def test_the_pytest_option_measures_each_latency_item_against_base(run_llmcheck, pytester):
+    from ab_model_sources import BLOCKS, STACK
+
+    write(pytester.path / "base", 5)
+    (pytester.path / "blocks.py").write_text(BLOCKS.format(n=6))
+    result = run_llmcheck(STACK, "-k", "latency", "--llmcheck-set", "latency.batch_sizes=[8]",
+                          "--llmcheck-set", 'latency.precisions=["float32"]', "--llmcheck-ab-base", "base/model.py",
+                          "--llmcheck-ab-budget", "60s", "--llmcheck-ab-precision", "8%", "--llmcheck-html", "report.html",
+                          subprocess=True)  # an in-process session after this one could not load its plugins
+    record = result.by_check["latency"]
+    ab_result = record["metrics"]["ab"]["results"][0]
+    assert record["status"] == "failed" and ab_result["verdict"] == "regression", record["message"]
+    assert "A/B vs BASE base/model.py" in record["message"]
+    html = (pytester.path / "report.html").read_text()
+    assert "A/B against BASE" in html and f"{ab_result['estimate']['ratio']:.3f}" in html
+    assert "<svg" in html
+
+
+def test_a_model_missing_from_base_is_an_error_item_that_names_it(run_llmcheck, pytester):
+    from ab_model_sources import BLOCKS, STACK
+
+    other = STACK.replace("def stack():", "def other_name():")
+    (pytester.path / "base").mkdir()
+    (pytester.path / "base" / "model.py").write_text(other)
+    (pytester.path / "base" / "blocks.py").write_text(BLOCKS.format(n=5))
+    (pytester.path / "blocks.py").write_text(BLOCKS.format(n=5))
+    result = run_llmcheck(STACK, "-k", "latency", "--llmcheck-set", "latency.batch_sizes=[8]",
+                          "--llmcheck-set", 'latency.precisions=["float32"]', "--llmcheck-ab-base", "base/model.py",
+                          subprocess=True)
+    assert "latency" in result.by_check, result.stderr.str()
+    record = result.by_check["latency"]
+    assert record["status"] == "error"
+    assert "model 'stack' is not declared in BASE base/model.py (BASE declares: other_name)" in record["message"]
+
+
+def test_user_strings_are_escaped_in_the_html_and_markdown_outputs():
+    from llmcheck.reports import ab_html
+
+    pairs = [{"round": i, "first": "BASE", "base_ms": 1.0, "head_ms": 1.0 + i / 100, "ratio": 1.0 + i / 100} for i in range(4)]
+    result = {"id": "bs=1-<b>x</b>", "model": "m", "variant": {}, "verdict": "no significant change", "stop": "budget",
+              "message": "no significant change <img src=x>", "pairs": pairs, "base_median_ms": 1.0, "head_median_ms": 1.02,
+              "estimate": {"n": 4, "ratio": 1.015, "ci_low": 0.99, "ci_high": 1.04, "half_width": 0.025}, "detectable": None}
+    side = {"spec": "<script>alert(1)</script>.py", "path": "p", "commit": None}
+    doc = ab_report.build(check="latency", metric="forward", statistic="min", base=side, head=side, rounds=4,
+                          options=dict(ab.Options().__dict__), results=[result], environment={}, producer={},
+                          started=0.0, finished=1.0)
+    html = ab_html.render(doc)
+    assert "<script>" not in html and "&lt;script&gt;" in html and "<img" not in html and "<b>x" not in html
+    assert html.count("<svg") == 1 and "1.015" in html
+    markdown = ab_report.markdown(doc)
+    assert "<script>" not in markdown and "&lt;script&gt;" in markdown and "1.015" in markdown
