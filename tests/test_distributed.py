@@ -137,7 +137,8 @@ def test_the_tolerance_follows_the_dtype_and_the_worst_parameter_is_named():
 
     metrics = {"outcome": "finished", "world_size": 2, "backend": "gloo", "per_rank_batch": 2, "parameters": 2,
                "grad": {"a.weight": [1e-3, 0.5], "b.bias": [1e-9, 0.1]}, "param": {"a.weight": [0.0, 1.0], "b.bias": [0.0, 1.0]},
-               "unused": {}, "grad_presence_differs": {}, "lines": {"same_on_all": 3, "divergent": []}}
+               "unused": {}, "grad_presence_differs": {}, "lines": {"same_on_all": 3, "divergent": []},
+               "shard_lines": {"same_on_all": 3, "divergent": []}}
     p = SimpleNamespace(rtol=0.0, atol=0.0)
     assert judge({**metrics, "dtype": "bfloat16"}, p).status == "passed"
     verdict = judge({**metrics, "dtype": "float32"}, p)

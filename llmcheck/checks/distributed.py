@@ -221,7 +221,7 @@ def judge(m: dict, p) -> Verdict:
 def _data_dependent(m: dict) -> str:
     """A note (not a failure) on lines that differed between ranks only on their own rows."""
     probe = {x["where"] for x in m["lines"]["divergent"]}
-    only = [x for x in m["shard_lines"]["divergent"] if x["where"] not in probe]
+    only = [x for x in (m.get("shard_lines") or {}).get("divergent", []) if x["where"] not in probe]
     if not only:
         return ""
     shown = "; ".join(f"{x['where']} on rank(s) {', '.join(map(str, x['ranks']))}" for x in only[:MAX_LINES])
