@@ -12,7 +12,8 @@ float32, one thread), on this machine as it is (other jobs included: that is the
   multiplies each drawn ratio by 1 + s, judged as `llmcheck.reports.ab_stats` judges a real run.
 - stored reports: ``--reports`` separate ``pytest --llmcheck`` runs of the same model, each written
   to its own JSON report, compared pairwise with `llmcheck.reports.compare` (default rules). A
-  slowdown s multiplies HEAD's timings (every ``*_ms`` value and sample series) by 1 + s.
+  slowdown s multiplies HEAD's timings (every ``*_ms`` value, per-process medians and sample series,
+  not the calibration workload) by 1 + s.
 """
 
 from __future__ import annotations
@@ -52,13 +53,15 @@ def stored_report(model: Path, out: Path) -> dict:
 
 
 def slowed(doc: dict, factor: float) -> dict:
-    """A copy of a report whose timings (``*_ms`` values and sample series) are ``factor`` times larger."""
+    """A copy of a report whose timings (``*_ms`` values, per-process medians and sample series) are
+    ``factor`` times larger; the calibration workload (the machine's speed) stays as measured."""
     def scale(value, key=""):
         if isinstance(value, dict):
             return {k: scale(v, k) for k, v in value.items()}
         if isinstance(value, list):
             return [scale(v, key) for v in value]
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and key.endswith("_ms"):
+        timing = (key.endswith("_ms") or key == "medians") and not key.startswith("calibration")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and timing:  # not the machine's speed
             return value * factor
         return value
 

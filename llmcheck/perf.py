@@ -103,6 +103,25 @@ def keep(ctx, validity: dict[str, bool], name: str, m) -> None:
     validity[name] = m.valid
 
 
+# -- machine speed ------------------------------------------------------------------------------
+CALIBRATION = "a 256x256 float32 matmul, 40 ms of samples"
+
+
+def calibrate(device, plan) -> float:
+    """Median ms of a fixed workload that no model change can alter, timed in the same process,
+    device and thread count as the model: the machine's speed at that moment. ``llmcheck compare``
+    reads it to tell a machine that ran slower in one run (every process of it tight, so the
+    between-process spread cannot show it) from a model that became slower."""
+    import torch
+
+    from llmcheck import timing
+
+    a = torch.randn(256, 256, device=device, generator=torch.Generator(device=device).manual_seed(0))
+    fixed = timing.Plan(warmup_iters=3, warmup_s=0.005, min_samples=10, max_samples=400, max_time_s=0.04,
+                        target_rel_ci=0.0, num_threads=plan.num_threads, disable_gc=plan.disable_gc)
+    return timing.sample(lambda: torch.mm(a, a), fixed, device=device).median_ms
+
+
 # -- memory -------------------------------------------------------------------------------------
 def peak_memory(fn: Callable[[], Any], device, min_time_s: float = 0.03) -> dict[str, Any]:
     """Peak memory while ``fn`` runs: CUDA ``max_memory_allocated`` after a reset, or on CPU the

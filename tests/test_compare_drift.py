@@ -74,6 +74,30 @@ def test_a_shift_significant_in_pooled_samples_but_not_across_tight_processes_is
     assert "not significant across processes" in row["note"] and "drift" in row["note"]
 
 
+def test_a_whole_run_on_a_slower_machine_is_drift_when_the_calibration_moved_with_it():
+    # Seen on this machine: every process of one run at 3.24 ms, of the next at 1.74 ms, each run tight.
+    base, head = spread_record(TIGHT, seed=3), spread_record([m * 1.30 for m in TIGHT], seed=4)
+    base["metrics"]["calibration_ms"], head["metrics"]["calibration_ms"] = 0.40, 0.52  # the machine, +30%
+    row, result = samples_row(base, head)
+    assert row["verdict"] == "inconclusive" and row["noisy"] and result["regressions"] == 0
+    assert "the machine itself ran slower in HEAD's run: the calibration workload" in row["note"]
+    assert "0.4 -> 0.52 ms (+30.0%, beyond 5.0%)" in row["note"]
+    head["metrics"]["calibration_ms"] = 0.41  # the machine as fast as before: the model got slower
+    row, result = samples_row(base, head)
+    assert row["verdict"] == "regression" and result["regressions"] == 1
+
+
+def test_a_metric_threshold_is_not_breached_by_a_slower_machine():
+    base, head = spread_record(TIGHT, seed=3), spread_record([m * 1.30 for m in TIGHT], seed=4)
+    rules = compare.Rules(thresholds=[compare.Threshold.parse("latency.median_ms:+10%")])
+    assert compare.compare(document([base]), document([head]), rules)["regressions"] >= 1
+    base["metrics"]["calibration_ms"], head["metrics"]["calibration_ms"] = 0.40, 0.52
+    result = compare.compare(document([base]), document([head]), rules)
+    metric = [r for r in result["rows"] if r["kind"] == "metric" and r["verdict"] != "changed"]
+    assert metric and all(r["verdict"] == "inconclusive" and "calibration workload" in r["note"] for r in metric)
+    assert result["regressions"] == 0
+
+
 def test_no_change_between_noisy_runs_is_inconclusive_not_unchanged():
     row, _ = samples_row(spread_record(DRIFTING, seed=9), spread_record(DRIFTING, seed=10))
     assert row["verdict"] == "inconclusive" and row["noisy"]

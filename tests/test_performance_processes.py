@@ -51,6 +51,8 @@ def test_latency_records_one_median_per_process_and_the_between_process_spread(r
     assert series["spread"] == pytest.approx((max(series["medians"]) - min(series["medians"])) / sorted(series["medians"])[1])
     assert fwd["process_medians_ms"] == series["medians"] and fwd["ci_low_ms"] <= fwd["median_ms"] <= fwd["ci_high_ms"]
     assert f"over 3 processes (between-process spread {series['spread']:.1%}" in three["message"]
+    speeds = three["metrics"]["calibration_process_ms"]  # the machine's speed, timed in each process
+    assert len(speeds) == 3 and all(v > 0 for v in speeds) and three["metrics"]["calibration_ms"] in speeds
     # processes=1: the model's worker only, exactly as before the feature
     assert one["status"] == "passed" and "processes" not in one["metrics"] and "processes" not in one["metrics"]["forward"]
     assert "over" not in one["message"].split(";")[0]

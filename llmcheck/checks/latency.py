@@ -78,6 +78,7 @@ def measure(ctx, p) -> dict:
         ctx.progress(series="forward", **v)
         fwd = timing.sample(fn, plan, device=t.device)
         out["memory"] = perf.peak_memory(fn, t.device)
+        out["calibration_ms"] = perf.calibrate(t.device, plan)
         perf.keep(ctx, out["validity"], "forward_ms", fwd)
         out["forward"] = _series(fwd, bs * sl)
         out["generation"], out["generation_note"] = _generation(ctx, t, model, batch, v, p, plan, out["validity"])
@@ -131,6 +132,9 @@ def merge(parts: list[dict[str, Any]], p) -> dict:
     if first["generation"] and all(pt["metrics"]["generation"] for pt in parts):
         out["generation"] = {**first["generation"], **{key: series(name, lambda m, key=key: m["generation"][key])
                                                        for name, key in SERIES.items() if key != "forward"}}
+    speeds = [pt["metrics"]["calibration_ms"] for pt in parts if pt["metrics"].get("calibration_ms")]
+    if speeds:  # the machine's speed over the item: the median process, and each one
+        out["calibration_ms"], out["calibration_process_ms"] = sorted(speeds)[len(speeds) // 2], speeds
     peaks = [pt["metrics"]["memory"]["peak_memory_mb"] for pt in parts]
     out["memory"] = {**first["memory"], "peak_memory_mb": max(peaks), "per_process_peak_mb": peaks}
     return out

@@ -30,6 +30,7 @@ from llmcheck.reports.significance import (
     process_shift,
     repeated,
     shift,
+    machine_drift,
     too_noisy,
 )
 from llmcheck.results import FAILING
@@ -147,7 +148,8 @@ def compare(base: dict[str, Any], head: dict[str, Any], rules: Rules | None = No
     noisy = sum(bool(r.get("noisy")) for r in rows)
     if noisy:
         warnings.append(f"{noisy} series too noisy to compare across the two stored runs (their between-process spread "
-                        "exceeds the threshold); compare the versions interleaved in one session with llmcheck ab")
+                        "exceeds the threshold, or the machine's calibration workload moved); compare the versions "
+                        "interleaved in one session with llmcheck ab")
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
@@ -255,11 +257,19 @@ def _sample_rows(b: dict, h: dict, rules: Rules) -> list[dict]:
             verdict, note = judge_processes(verdict, note, s, ps, t, rules.alpha, what)
             extra = {"spread": ps.spread, "p_processes": ps.p_value, "processes": [ps.base_processes, ps.head_processes],
                      "noisy": verdict == "inconclusive" and bool(too_noisy(ps, t, s.base_median, what))}
+        drift = machine_drift(_calibration(b), _calibration(h), rules.min_effect)
+        if drift and verdict in ("regression", "improvement"):
+            verdict, note, extra["noisy"] = "inconclusive", f"{note}; but {drift}", True
         rows.append(_row(h, "samples", name, s.base_median, s.head_median, verdict, note, change=s.change,
                          better="higher" if t.worse < 0 else "lower", p_value=s.p_value,
                          threshold=t.text(), threshold_pattern=t.pattern if t.source != "the default minimum effect" else None,
                          **extra))
     return rows
+
+
+def _calibration(record: dict) -> float | None:
+    value = (record.get("metrics") or {}).get("calibration_ms")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def process_medians(record: dict, name: str) -> list[float]:
@@ -319,7 +329,9 @@ def _judge_metric(b: dict, h: dict, path: str, t: Threshold, bv: float, hv: floa
             ps = process_shift(process_medians(b, name), process_medians(h, name))
             confirmed = f"{bv:.4g} -> {hv:.4g}: beyond {t.text()}, confirmed by samples {name} (p = {s.p_value:.2g}"
             if ps is None or ps.p_value < alpha:
-                return "regression", confirmed + (f", Welch p = {ps.p_value:.2g} on process medians)" if ps else ")")
+                confirmed += f", Welch p = {ps.p_value:.2g} on process medians)" if ps else ")"
+                drift_note = machine_drift(_calibration(b), _calibration(h), t.amount if t.relative else 0.05)
+                return ("inconclusive", f"{confirmed}; but {drift_note}") if drift_note else ("regression", confirmed)
             drift.append((ps, confirmed + f") but not across processes (Welch p = {ps.p_value:.2g})"))
     if drift:  # significant in pooled samples only: run-to-run drift, or too noisy to tell
         ps, note = drift[0]

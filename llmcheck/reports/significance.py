@@ -143,6 +143,22 @@ def judge_processes(verdict: str, note: str, s: Shift, ps: ProcessShift, t: Thre
     return verdict, f"{note}; between-process spread {ps.spread:.1%}"
 
 
+def machine_drift(base_ms: float | None, head_ms: float | None, limit: float) -> str:
+    """Why a shift cannot be blamed on the model, or "": the fixed calibration workload each run
+    timed beside the model (``metrics.calibration_ms``, llmcheck.perf.calibrate) moved by more than
+    ``limit``, so the machine itself ran at another speed in one of the two runs. Every process of a
+    run can be slow together (a busy neighbour, a throttled CPU), which no between-process spread
+    inside that run shows."""
+    if not base_ms or not head_ms or base_ms <= 0 or head_ms <= 0:
+        return ""
+    change = head_ms / base_ms - 1
+    if abs(change) <= limit:
+        return ""
+    return (f"the machine itself ran {'slower' if change > 0 else 'faster'} in HEAD's run: the calibration workload "
+            f"(a fixed matmul timed beside the model) went {base_ms:.3g} -> {head_ms:.3g} ms ({change:+.1%}, beyond "
+            f"{limit:.1%}): run-to-run drift, too noisy to compare; use llmcheck ab")
+
+
 def reverse(t: Threshold) -> Threshold:
     """The same threshold the other way: how far a series must move to count as an improvement."""
     return replace(t, worse=-t.worse)
