@@ -177,7 +177,7 @@ def _trace_os_exit(fault) -> None:
     os._exit = _exit
 
 
-def _watch_parent(parent: int, every: float = 0.5) -> None:
+def watch_parent(parent: int, every: float = 0.5) -> None:
     """End this worker and its process group when the process that started it is gone (a pytest
     process killed outright, an xdist worker that crashed): the worker runs in a session of its
     own, so nothing else would stop a check that is still running, or hung, for its dead parent."""
@@ -193,7 +193,7 @@ def _watch_parent(parent: int, every: float = 0.5) -> None:
 
 def main(argv: list[str]) -> None:
     cmd_fd, out_fd, fault_path = int(argv[0]), int(argv[1]), argv[2]
-    _watch_parent(os.getppid())
+    watch_parent(os.getppid())
     os.set_inheritable(cmd_fd, False)  # user code's subprocesses must not hold our pipes
     os.set_inheritable(out_fd, False)
     fault = open(fault_path, "w")

@@ -26,7 +26,6 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -145,16 +144,6 @@ def _phase(args, name: str) -> None:
         f.write(f"{name} {time.time():.3f}\n")
 
 
-def _exit_with_parent(parent: int) -> None:
-    """Started by the check: end when the check's worker is gone, so no rank outlives it."""
-    def watch():
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(3)
-
-    threading.Thread(target=watch, name="llmcheck-parent-watch", daemon=True).start()
-
-
 def _init(args, backend: str, local_rank: int) -> None:
     import torch
     import torch.distributed as dist
@@ -266,7 +255,9 @@ def main(argv: list[str]) -> int:
     if args.fault:  # started by the check: it signals SIGUSR1 for stacks and is our watchdog
         fault = open(args.fault, "w")  # noqa: SIM115  (open for the process's life: faulthandler writes to it)
         faulthandler.register(signal.SIGUSR1, file=fault, all_threads=True)
-        _exit_with_parent(int(os.environ["LLMCHECK_PARENT_PID"]))
+        from llmcheck._child import watch_parent  # no rank outlives the check's worker
+
+        watch_parent(int(os.environ["LLMCHECK_PARENT_PID"]))
         run_rank(args)
     result = run_rank(args)
     if int(os.environ["RANK"]) != 0:
