@@ -9,7 +9,7 @@ float32, one thread), on this machine as it is (other jobs included: that is the
 - `llmcheck ab`: ``--ab-runs`` real A/A runs (the same model as BASE and HEAD) give A/A verdicts
   and their pairs; one real run against the six-block model checks a structural +20 %. The pooled
   A/A pairs are then replayed: a run is ``pairs`` pairs drawn with replacement, and a slowdown s
-  multiplies each drawn ratio by 1 + s, judged as `llmcheck.reports.ab_stats` judges a real run.
+  multiplies each drawn ratio by 1 + s, judged as `llmcheck.stats.ab_intervals` judges a real run.
 - stored reports: ``--reports`` separate ``pytest --llmcheck`` runs of the same model, each written
   to its own JSON report, compared pairwise with `llmcheck.reports.compare` (default rules). A
   slowdown s multiplies HEAD's timings (every ``*_ms`` value, per-process medians and sample series,
@@ -32,13 +32,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 SLOWDOWNS = (0.0, 0.02, 0.05, 0.08, 0.10, 0.15, 0.20)
-SETTINGS = ['latency.batch_sizes=[8]', 'latency.precisions=["float32"]', "latency.seq_lens=[16]"]
+SETTINGS = ["latency.batch_sizes=[8]", 'latency.precisions=["float32"]', "latency.seq_lens=[16]"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def ab_run(base: Path, head: Path, out: Path, budget: float, seed: int) -> dict:
-    cmd = [sys.executable, "-m", "llmcheck.cli", "ab", str(base), str(head), "--ab-budget", f"{budget}s",
-           "--seed", str(seed), "--json", str(out), "-q"] + [a for s in SETTINGS for a in ("--set", s)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llmcheck.cli",
+        "ab",
+        str(base),
+        str(head),
+        "--ab-budget",
+        f"{budget}s",
+        "--seed",
+        str(seed),
+        "--json",
+        str(out),
+        "-q",
+    ] + [a for s in SETTINGS for a in ("--set", s)]
     subprocess.run(cmd, env=ENV, cwd=out.parent, capture_output=True, text=True, timeout=budget * 3 + 120)
     return json.loads(out.read_text())["results"][0]
 
@@ -46,8 +59,20 @@ def ab_run(base: Path, head: Path, out: Path, budget: float, seed: int) -> dict:
 def stored_report(model: Path, out: Path) -> dict:
     from llmcheck.reports import json_report
 
-    cmd = [sys.executable, "-m", "pytest", "--llmcheck", str(model), "-k", "latency", "-q", "-p", "no:cacheprovider",
-           "--llmcheck-json", str(out)] + [a for s in SETTINGS for a in ("--llmcheck-set", s)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "--llmcheck",
+        str(model),
+        "-k",
+        "latency",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--llmcheck-json",
+        str(out),
+    ] + [a for s in SETTINGS for a in ("--llmcheck-set", s)]
     subprocess.run(cmd, env=ENV, cwd=out.parent, capture_output=True, text=True, timeout=600)
     return json_report.read(out)
 
@@ -55,6 +80,7 @@ def stored_report(model: Path, out: Path) -> dict:
 def slowed(doc: dict, factor: float) -> dict:
     """A copy of a report whose timings (``*_ms`` values, per-process medians and sample series) are
     ``factor`` times larger; the calibration workload (the machine's speed) stays as measured."""
+
     def scale(value, key=""):
         if isinstance(value, dict):
             return {k: scale(v, k) for k, v in value.items()}
@@ -84,7 +110,7 @@ def compare_verdict(base: dict, head: dict) -> str:
 
 
 def replay(pairs: list[float], n: int, slowdown: float, trials: int, rng: random.Random) -> float:
-    from llmcheck.reports import ab_stats
+    from llmcheck.stats import ab_intervals as ab_stats
 
     caught = 0
     for _ in range(trials):
@@ -118,20 +144,27 @@ def report(args, aa: list[dict], plus20: dict, docs: list[dict], seconds: float)
     n = round(sum(len(r["pairs"]) for r in aa) / len(aa))
     alarms = sum(r["verdict"] in ("regression", "improvement") for r in aa)
     print(f"# ab_sensitivity ({seconds / 60:.1f} min; load average {os.getloadavg()[0]:.1f} at the end)")
-    print(f"llmcheck ab: {args.ab_runs} real A/A runs of {args.budget:g} s -> {alarms} false alarm(s); "
-          f"{n} pairs per run on average; pooled A/A pair ratios {min(pairs):.3f}-{max(pairs):.3f}")
+    print(
+        f"llmcheck ab: {args.ab_runs} real A/A runs of {args.budget:g} s -> {alarms} false alarm(s); "
+        f"{n} pairs per run on average; pooled A/A pair ratios {min(pairs):.3f}-{max(pairs):.3f}"
+    )
     for r in aa:
         print(f"  A/A: {r['message']}")
     print(f"  real +20 % (6 blocks vs 5): {plus20['message']}")
     ordered = list(itertools.permutations(range(len(docs)), 2))
     print(f"stored reports: {len(docs)} separate pytest --llmcheck runs, {len(ordered)} ordered pairs compared")
-    print(f"slowdown | llmcheck ab: regression called (replayed, {args.trials} runs of {n} pairs) | "
-          "compare of two stored reports: regression flagged / inconclusive")
+    print(
+        f"slowdown | llmcheck ab: regression called (replayed, {args.trials} runs of {n} pairs) | "
+        "compare of two stored reports: regression flagged / inconclusive"
+    )
     for s in SLOWDOWNS:
         ab_rate = replay(pairs, n, s, args.trials, rng)
         verdicts = [compare_verdict(docs[i], slowed(docs[j], 1 + s)) for i, j in ordered]
         flagged, unsure = (verdicts.count(v) / len(verdicts) for v in ("regression", "inconclusive"))
-        print(f"{s:>7.0%} | {ab_rate:>8.1%} | {flagged:>8.1%} / {unsure:.1%}" + ("   (A/A: false alarms)" if s == 0 else ""))
+        print(
+            f"{s:>7.0%} | {ab_rate:>8.1%} | {flagged:>8.1%} / {unsure:.1%}"
+            + ("   (A/A: false alarms)" if s == 0 else "")
+        )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "recorded_forward_ms.json"
 sys.path.insert(0, str(ROOT / "tests"))
 
-RECORD = r'''
+RECORD = r"""
 import json, sys, time, torch
 sys.path.insert(0, sys.argv[1])
 from model_sources import CLEAN
@@ -44,24 +44,37 @@ with torch.no_grad():
     for _ in range(int(sys.argv[2])):
         t = time.perf_counter(); model(x); out.append((time.perf_counter() - t) * 1e3)
 print(json.dumps(out))
-'''
+"""
 
 
 def record(processes: int, samples: int) -> None:
     runs = []
     for i in range(processes):
-        out = subprocess.run([sys.executable, "-c", RECORD, str(ROOT / "tests"), str(samples)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", RECORD, str(ROOT / "tests"), str(samples)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         runs.append(json.loads(out.stdout))
         print(f"process {i}: median {sorted(runs[-1])[len(runs[-1]) // 2]:.4f} ms", file=sys.stderr)
     DATA.parent.mkdir(parents=True, exist_ok=True)
-    DATA.write_text(json.dumps({"what": "forward ms of tests/model_sources.py CLEAN, batch 2 x 16, 1 thread, one list per process",
-                                "processes": [[round(v, 5) for v in run] for run in runs]}) + "\n")
+    DATA.write_text(
+        json.dumps(
+            {
+                "what": "forward ms of tests/model_sources.py CLEAN, batch 2 x 16, 1 thread, one list per process",
+                "processes": [[round(v, 5) for v in run] for run in runs],
+            }
+        )
+        + "\n"
+    )
 
 
 def verdict(base: list[float], head: list[float], **rules) -> str:
+    from report_data import document
+    from report_data import record as make_record
+
     from llmcheck.reports import compare
-    from report_data import document, record as make_record
 
     docs = [document([make_record("latency", samples={"forward_ms": s})]) for s in (base, head)]
     rows = compare.compare(*docs, compare.Rules(**rules))["rows"]
@@ -96,12 +109,19 @@ def main() -> None:
         return rng.sample(a, n), rng.sample(b, n)
 
     medians = sorted(sorted(r)[len(r) // 2] for r in runs)
-    print(f"{len(runs)} processes, medians {medians[0]:.4f}-{medians[-1]:.4f} ms "
-          f"({medians[-1] / medians[0] - 1:.1%} apart)")
+    print(
+        f"{len(runs)} processes, medians {medians[0]:.4f}-{medians[-1]:.4f} ms "
+        f"({medians[-1] / medians[0] - 1:.1%} apart)"
+    )
     print("n per side | A/A within | A/A across | +5% within | +10% within | +10% across")
     for n in (10, 30, 100, 300, 1000):
-        cells = [rate(args.trials, n, within), rate(args.trials, n, across), rate(args.trials, n, within, 0.05),
-                 rate(args.trials, n, within, 0.10), rate(args.trials, n, across, 0.10)]
+        cells = [
+            rate(args.trials, n, within),
+            rate(args.trials, n, across),
+            rate(args.trials, n, within, 0.05),
+            rate(args.trials, n, within, 0.10),
+            rate(args.trials, n, across, 0.10),
+        ]
         print(f"{n:>10} | " + " | ".join(f"{c:>10.1%}" for c in cells))
 
 

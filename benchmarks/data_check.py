@@ -2,7 +2,7 @@
 
     python benchmarks/data_check.py [--sequences 10000] [--length 64] [--ngram 13]
 
-Builds the training-side index of ``--sequences`` random token rows the way llmcheck.dedup does
+Builds the training-side index of ``--sequences`` random token rows the way llmcheck.checks.data.dedup does
 (64-bit n-gram hashes), then queries as many unseen rows: reports bytes per n-gram for a set and
 for the Bloom filter, the observed false-positive rate, and rows per second of each phase.
 """
@@ -16,7 +16,7 @@ import tracemalloc
 import numpy as np
 from rbloom import Bloom
 
-from llmcheck.dedup import ngram_hashes
+from llmcheck.checks.data.dedup import ngram_hashes
 
 
 def main() -> None:
@@ -51,10 +51,14 @@ def main() -> None:
     n = len(as_set)
     print(f"{args.sequences} rows x {args.length} tokens, {args.ngram}-grams: {n} distinct n-grams")
     print(f"python set: {set_bytes / n:.1f} bytes per n-gram ({set_bytes / 2**20:.1f} MiB)")
-    print(f"rbloom:     {bloom.size_in_bits / 8 / n:.2f} bytes per n-gram ({bloom.size_in_bits / 8 / 2**20:.2f} MiB), "
-          f"observed false-positive rate {hits / (args.sequences * per_row):.5f} (target {args.error_rate:g})")
-    print(f"hashing {args.sequences / hashing:.0f} rows/s; Bloom insert {args.sequences / insert:.0f} rows/s; "
-          f"hash + query {args.sequences / query:.0f} rows/s")
+    print(
+        f"rbloom:     {bloom.size_in_bits / 8 / n:.2f} bytes per n-gram ({bloom.size_in_bits / 8 / 2**20:.2f} MiB), "
+        f"observed false-positive rate {hits / (args.sequences * per_row):.5f} (target {args.error_rate:g})"
+    )
+    print(
+        f"hashing {args.sequences / hashing:.0f} rows/s; Bloom insert {args.sequences / insert:.0f} rows/s; "
+        f"hash + query {args.sequences / query:.0f} rows/s"
+    )
 
 
 if __name__ == "__main__":

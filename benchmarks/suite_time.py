@@ -20,11 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def worker_startup() -> float:
-    from llmcheck.worker import Worker
+    from llmcheck.isolation.worker import WorkerProcess
 
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        worker = Worker(Path(tmp), startup_timeout=120)
+        worker = WorkerProcess(Path(tmp), startup_timeout=120)
         worker._receive(time.monotonic() + 120, worker._offsets(), "start-up")
         elapsed = time.perf_counter() - started
         worker.close()
@@ -34,9 +34,23 @@ def worker_startup() -> float:
 def suite() -> tuple[float, str]:
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "pytest", "--llmcheck", str(ROOT / "examples" / "tiny_gpt.py"),
-                              "-q", "-p", "no:cacheprovider", "--llmcheck-json", f"{tmp}/r.json"],
-                             cwd=tmp, capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "--llmcheck",
+                str(ROOT / "examples" / "tiny_gpt.py"),
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--llmcheck-json",
+                f"{tmp}/r.json",
+            ],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+        )
         elapsed = time.perf_counter() - started
     return elapsed, out.stdout.strip().splitlines()[-1]
 
@@ -46,12 +60,16 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     starts = [worker_startup() for _ in range(args.repeat)]
-    print(f"worker start-up: median {statistics.median(starts):.2f} s over {len(starts)} "
-          f"(min {min(starts):.2f}, max {max(starts):.2f}); target < 2 s")
+    print(
+        f"worker start-up: median {statistics.median(starts):.2f} s over {len(starts)} "
+        f"(min {min(starts):.2f}, max {max(starts):.2f}); target < 2 s"
+    )
     runs = [suite() for _ in range(args.repeat)]
     times = [t for t, _ in runs]
-    print(f"default suite on examples/tiny_gpt.py: median {statistics.median(times):.1f} s over {len(times)} "
-          f"(min {min(times):.1f}, max {max(times):.1f}); target < 30 s; last: {runs[-1][1]}")
+    print(
+        f"default suite on examples/tiny_gpt.py: median {statistics.median(times):.1f} s over {len(times)} "
+        f"(min {min(times):.1f}, max {max(times):.1f}); target < 30 s; last: {runs[-1][1]}"
+    )
 
 
 if __name__ == "__main__":

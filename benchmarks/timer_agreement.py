@@ -39,7 +39,7 @@ from torch.utils.benchmark import Compare, Timer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
-from llmcheck import timing
+from llmcheck.measuring import timing
 
 
 def forward_call(batch_size: int):
@@ -52,6 +52,7 @@ def forward_call(batch_size: int):
     def call():
         with torch.no_grad():
             model(batch)
+
     return call
 
 
@@ -61,7 +62,7 @@ def iqr_ratio(values: list[float]) -> float:
 
 
 def grouped(values: list[float], size: int) -> list[float]:
-    return [statistics.fmean(values[i:i + size]) for i in range(0, len(values) - size + 1, size)]
+    return [statistics.fmean(values[i : i + size]) for i in range(0, len(values) - size + 1, size)]
 
 
 def llmcheck_round(call, seconds: float) -> timing.Measurement:
@@ -70,8 +71,9 @@ def llmcheck_round(call, seconds: float) -> timing.Measurement:
 
 
 def timer_round(call, seconds: float, sub_label: str):
-    timer = Timer("call()", globals={"call": call}, num_threads=1, label="forward", sub_label=sub_label,
-                  description="torch Timer")
+    timer = Timer(
+        "call()", globals={"call": call}, num_threads=1, label="forward", sub_label=sub_label, description="torch Timer"
+    )
     return timer.blocked_autorange(min_run_time=seconds)
 
 
@@ -79,6 +81,7 @@ def overhead_noop(short: int = 200, long: int = 1_200, repeats: int = 30) -> tup
     """(µs per sample of the whole loop around a no-op, µs median no-op sample): the median over
     ``repeats`` of a long run minus a short one, per extra sample. The counts are those of a 1 ms
     call sampled for 0.2-1.2 s, so the loop's periodic interval checks are costed as in use."""
+
     def run(n):
         plan = timing.Plan(max_time_s=60, min_samples=n, max_samples=n, target_rel_ci=0.0, warmup_iters=10, warmup_s=0)
         start = time.perf_counter()
@@ -121,7 +124,10 @@ def main() -> int:
                 number = tm.number_per_run
                 runs.append(tm)
     Compare(runs).print()
-    print("per-round medians (ms), llmcheck / Timer:", ", ".join(f"{a:.3f}/{b:.3f}" for a, b in zip(round_ours, round_theirs)))
+    print(
+        "per-round medians (ms), llmcheck / Timer:",
+        ", ".join(f"{a:.3f}/{b:.3f}" for a, b in zip(round_ours, round_theirs)),
+    )
     med_ours, med_theirs = statistics.median(ours), statistics.median(theirs)
     paired = statistics.median(a / b for a, b in zip(round_ours, round_theirs))
     agree = abs(paired - 1)
@@ -130,20 +136,35 @@ def main() -> int:
     within_ours = statistics.median(iqr_ratio(grouped(x, number)) for x in spread_ours_r)
     within_theirs = statistics.median(spread_theirs_r)
     loop_us, bias_us = overhead_noop()
-    print(f"call: forward of examples/tiny_gpt.py, batch {args.batch_size} x 16 tokens, 1 thread; "
-          f"{args.rounds} interleaved rounds of {args.seconds:g} s per timer")
-    print(f"median, round by round: llmcheck / Timer = {paired:.4f}, a difference of {agree:.2%} (limit 3%); "
-          f"pooled: llmcheck {med_ours:.4f} ms (n={len(ours)} calls), Timer {med_theirs:.4f} ms (n={len(theirs)} blocks of {number})")
-    print(f"  llmcheck's samples averaged in groups of {number}, as Timer's blocks are: median "
-          f"{statistics.median(grouped(ours, number)):.4f} ms (a block's mean carries its calls' interruptions)")
-    print(f"spread within a round (IQR/median, median over rounds): llmcheck {within_ours:.2%} in groups of {number}, "
-          f"Timer {within_theirs:.2%} per block of {number} (llmcheck no wider, within 5 % of Timer's value)")
-    print(f"  pooled over rounds: llmcheck {spread_grouped:.2%} in groups ({spread_ours:.2%} per call), Timer {spread_theirs:.2%}; "
-          f"per-round medians CV: llmcheck {cv_ours:.2%}, Timer {cv_theirs:.2%}")
-    print(f"overhead per sample: {loop_us:.3f} us for the whole sampling loop around a no-op call "
-          f"({loop_us / 1e3:.3%} of a 1 ms call, limit 1%); of it inside the timed region: {bias_us:.3f} us")
-    checks = {"medians within 3%": agree <= 0.03, "spread no wider": within_ours <= 1.05 * within_theirs,
-              "overhead < 1% of 1 ms": loop_us < 10.0}
+    print(
+        f"call: forward of examples/tiny_gpt.py, batch {args.batch_size} x 16 tokens, 1 thread; "
+        f"{args.rounds} interleaved rounds of {args.seconds:g} s per timer"
+    )
+    print(
+        f"median, round by round: llmcheck / Timer = {paired:.4f}, a difference of {agree:.2%} (limit 3%); "
+        f"pooled: llmcheck {med_ours:.4f} ms (n={len(ours)} calls), Timer {med_theirs:.4f} ms (n={len(theirs)} blocks of {number})"
+    )
+    print(
+        f"  llmcheck's samples averaged in groups of {number}, as Timer's blocks are: median "
+        f"{statistics.median(grouped(ours, number)):.4f} ms (a block's mean carries its calls' interruptions)"
+    )
+    print(
+        f"spread within a round (IQR/median, median over rounds): llmcheck {within_ours:.2%} in groups of {number}, "
+        f"Timer {within_theirs:.2%} per block of {number} (llmcheck no wider, within 5 % of Timer's value)"
+    )
+    print(
+        f"  pooled over rounds: llmcheck {spread_grouped:.2%} in groups ({spread_ours:.2%} per call), Timer {spread_theirs:.2%}; "
+        f"per-round medians CV: llmcheck {cv_ours:.2%}, Timer {cv_theirs:.2%}"
+    )
+    print(
+        f"overhead per sample: {loop_us:.3f} us for the whole sampling loop around a no-op call "
+        f"({loop_us / 1e3:.3%} of a 1 ms call, limit 1%); of it inside the timed region: {bias_us:.3f} us"
+    )
+    checks = {
+        "medians within 3%": agree <= 0.03,
+        "spread no wider": within_ours <= 1.05 * within_theirs,
+        "overhead < 1% of 1 ms": loop_us < 10.0,
+    }
     print("; ".join(f"{k}: {'PASS' if ok else 'FAIL'}" for k, ok in checks.items()))
     return 0 if all(checks.values()) else 1
 

@@ -1,6 +1,6 @@
 """A clean character-level GPT of nanoGPT's shape; it passes every llmcheck check.
 
-    pytest --llmcheck examples/tiny_gpt.py
+pytest --llmcheck examples/tiny_gpt.py
 """
 
 from dataclasses import dataclass
@@ -45,8 +45,12 @@ class Block(nn.Module):
         self.ln_1 = nn.LayerNorm(cfg.n_embd)
         self.attn = CausalSelfAttention(cfg)
         self.ln_2 = nn.LayerNorm(cfg.n_embd)
-        self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(),
-                                 nn.Linear(4 * cfg.n_embd, cfg.n_embd), nn.Dropout(cfg.dropout))
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.n_embd, 4 * cfg.n_embd),
+            nn.GELU(),
+            nn.Linear(4 * cfg.n_embd, cfg.n_embd),
+            nn.Dropout(cfg.dropout),
+        )
 
     def forward(self, x):
         x = x + self.attn(self.ln_1(x))
@@ -94,11 +98,24 @@ def text_batch(batch_size: int, seq_len: int):
     return torch.stack([data[s : s + seq_len] for s in starts])
 
 
-
 # Speed, memory and behaviour are tiny_gpt's own; the fine-tuning set-up is checked for what
 # freezing can break (checkpoint, eval, frozen, gradient, resume): per-model settings turn the rest off.
-SAME_AS_TINY_GPT = ["latency", "throughput", "amp", "memory", "leak", "coldstart", "hang", "compression",
-                    "causal", "batch", "padding", "kv-cache", "fuzz", "generation"]
+SAME_AS_TINY_GPT = [
+    "latency",
+    "throughput",
+    "amp",
+    "memory",
+    "leak",
+    "coldstart",
+    "hang",
+    "compression",
+    "causal",
+    "batch",
+    "padding",
+    "kv-cache",
+    "fuzz",
+    "generation",
+]
 
 
 @llmcheck.model(causal=True, vocab_size=256, max_seq_len=64, checks={name: False for name in SAME_AS_TINY_GPT})

@@ -12,10 +12,10 @@ import math
 from pathlib import Path
 
 import torch
+from tiny_gpt import Config, TinyGPT
 from torch.utils.data import DataLoader
 
 import llmcheck
-from tiny_gpt import Config, TinyGPT
 
 CORPUS = Path(__file__).parent / "data" / "corpus.txt"
 SEQ_LEN = 64  # tokens (bytes) per training sequence: the model's block size
@@ -33,10 +33,15 @@ def _chunks(split: str) -> torch.Tensor:
     return part[: n * SEQ_LEN].view(n, SEQ_LEN)
 
 
-@llmcheck.model(causal=True, vocab_size=256, max_seq_len=SEQ_LEN, checks={
-    "training": {"warmup_steps": WARMUP_STEPS},
-    "data": {"ngram": 32},  # bytes, not words: 32 characters is about six words
-})
+@llmcheck.model(
+    causal=True,
+    vocab_size=256,
+    max_seq_len=SEQ_LEN,
+    checks={
+        "training": {"warmup_steps": WARMUP_STEPS},
+        "data": {"ngram": 32},  # bytes, not words: 32 characters is about six words
+    },
+)
 def tiny_gpt_text():
     return TinyGPT(Config())
 
@@ -44,8 +49,13 @@ def tiny_gpt_text():
 @llmcheck.train_data
 def train_batches():
     """A shuffled epoch of the training windows (a DataLoader, so input-pipeline can tune it)."""
-    return DataLoader(_chunks("train"), batch_size=BATCH_SIZE, shuffle=True,
-                      generator=torch.Generator().manual_seed(0), drop_last=True)
+    return DataLoader(
+        _chunks("train"),
+        batch_size=BATCH_SIZE,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(0),
+        drop_last=True,
+    )
 
 
 @llmcheck.eval_data

@@ -4,11 +4,23 @@ Model files use the decorators; third-party checks use `Check`, `Param`, `Verdic
 and register under the ``llmcheck.checks`` entry-point group. Everything else is private.
 """
 
-from llmcheck.declare import compressed, eval_data, inputs, loss, model, optimizer, train_data
 from llmcheck import distill  # llmcheck.distill.loss; imports torch only when called
+from llmcheck.declare import compressed, eval_data, inputs, loss, model, optimizer, train_data
 from llmcheck.registry import Check, Param
 from llmcheck.results import Skip, Verdict
 
 __version__ = "0.1.0"
-__all__ = ["model", "inputs", "loss", "eval_data", "train_data", "optimizer", "compressed",
-           "Check", "Param", "Verdict", "Skip", "distill"]
+__all__ = [
+    "model",
+    "inputs",
+    "loss",
+    "eval_data",
+    "train_data",
+    "optimizer",
+    "compressed",
+    "Check",
+    "Param",
+    "Verdict",
+    "Skip",
+    "distill",
+]

@@ -1,5 +1,5 @@
 """The ``llmcheck`` command: ``compare`` gates a merge, ``report`` re-renders, ``checks`` lists checks,
-``ab`` benchmarks two versions of a model interleaved (llmcheck.ab_cli).
+``ab`` benchmarks two versions of a model interleaved (llmcheck.ab.cli).
 
 Exit codes: 0 fine, 1 a regression (compare), 2 the input could not be used (a broken or foreign
 report, mismatched environments, a bad threshold). Running checks is pytest's job:
@@ -17,10 +17,14 @@ from typing import Any
 
 from llmcheck.reports.compare import CompareError, Rules, Threshold
 from llmcheck.reports.json_report import ReportError
+from llmcheck.settings import fraction
 
-CONFIG_KEYS = {"fail_on": "thresholds, e.g. [\"latency.p50:+5%\"]", "alpha": "significance level",
-               "min_effect": "minimum relative shift of a sample series, e.g. 0.05 or \"5%\"",
-               "refuse_env": "environment fields that must match, e.g. [\"torch\", \"cuda\", \"device\"]"}
+CONFIG_KEYS = {
+    "fail_on": 'thresholds, e.g. ["latency.p50:+5%"]',
+    "alpha": "significance level",
+    "min_effect": 'minimum relative shift of a sample series, e.g. 0.05 or "5%"',
+    "refuse_env": 'environment fields that must match, e.g. ["torch", "cuda", "device"]',
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,18 +40,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llmcheck", description="Compare, render and list llmcheck reports and "
-                                     "checks. Run the checks themselves with: pytest --llmcheck MODEL.py")
+    parser = argparse.ArgumentParser(
+        prog="llmcheck",
+        description="Compare, render and list llmcheck reports and "
+        "checks. Run the checks themselves with: pytest --llmcheck MODEL.py",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compare", help="compare two JSON reports; exit 1 on a regression")
     c.add_argument("base", help="the baseline report (e.g. from the main branch)")
     c.add_argument("head", help="the report to judge")
     c.add_argument("--markdown", nargs="?", const="-", metavar="PATH", help="write Markdown (to stdout, or to PATH)")
     c.add_argument("--json", nargs="?", const="-", metavar="PATH", help="write the comparison as JSON (stdout or PATH)")
-    c.add_argument("--fail-on", action="append", default=[], metavar="CHECK.METRIC:±N[%]",
-                   help="threshold, e.g. latency.p50:+5%% (an increase over 5%% regresses); repeatable")
+    c.add_argument(
+        "--fail-on",
+        action="append",
+        default=[],
+        metavar="CHECK.METRIC:±N[%]",
+        help="threshold, e.g. latency.p50:+5%% (an increase over 5%% regresses); repeatable",
+    )
     c.add_argument("--alpha", type=float, help="significance level of the Mann-Whitney U test (default 0.01)")
-    c.add_argument("--min-effect", type=_fraction, help="minimum relative median shift of sample series (default 5%%)")
+    c.add_argument(
+        "--min-effect", type=_min_effect, help="minimum relative median shift of sample series (default 5%%)"
+    )
     c.add_argument("--allow-env-mismatch", action="store_true", help="compare reports from different torch/CUDA/device")
     c.add_argument("--config", type=Path, help="pyproject.toml with [tool.llmcheck.compare] (default: nearest one)")
     c.set_defaults(run=_compare)
@@ -59,14 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     k = sub.add_parser("checks", help="list the registered checks and their parameters")
     k.add_argument("--json", action="store_true", help="as JSON")
     k.set_defaults(run=_checks)
-    from llmcheck import ab_cli
+    from llmcheck.ab import cli as ab_cli
 
     ab_cli.add_parser(sub)
     return parser
 
 
-def _fraction(text: str) -> float:
-    return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+def _min_effect(text: str) -> float:
+    return fraction(text, "--min-effect")
 
 
 def _emit(target: str, text: str) -> None:
@@ -100,14 +114,18 @@ def load_rules(pyproject: Path | None, args) -> Rules:
     source = f"[tool.llmcheck.compare] in {pyproject}"
     unknown = set(table) - set(CONFIG_KEYS)
     if unknown:
-        raise CompareError(f"unknown key(s) {sorted(unknown)} in {source}; valid: "
-                           + "; ".join(f"{k} ({v})" for k, v in CONFIG_KEYS.items()))
+        raise CompareError(
+            f"unknown key(s) {sorted(unknown)} in {source}; valid: "
+            + "; ".join(f"{k} ({v})" for k, v in CONFIG_KEYS.items())
+        )
     fail_on = table.get("fail_on", [])
     for spec in [fail_on] if isinstance(fail_on, str) else fail_on:
         rules.thresholds.append(Threshold.parse(str(spec), source))
     try:
         rules.alpha = float(table.get("alpha", rules.alpha))
-        rules.min_effect = _fraction(str(table.get("min_effect", rules.min_effect)))
+        rules.min_effect = fraction(
+            str(table.get("min_effect", rules.min_effect)), "min_effect in [tool.llmcheck.compare]"
+        )
     except ValueError as exc:
         raise CompareError(f"{source}: {exc}") from None
     rules.refuse_env = tuple(table.get("refuse_env", rules.refuse_env))
@@ -115,7 +133,9 @@ def load_rules(pyproject: Path | None, args) -> Rules:
     rules.alpha = args.alpha if args.alpha is not None else rules.alpha
     rules.min_effect = args.min_effect if args.min_effect is not None else rules.min_effect
     if not 0 < rules.alpha < 1 or rules.min_effect < 0:
-        raise CompareError(f"alpha must be in (0, 1) and min_effect >= 0; got alpha={rules.alpha}, min_effect={rules.min_effect}")
+        raise CompareError(
+            f"alpha must be in (0, 1) and min_effect >= 0; got alpha={rules.alpha}, min_effect={rules.min_effect}"
+        )
     return rules
 
 
@@ -136,8 +156,10 @@ def table(result: dict[str, Any]) -> str:
     """The comparison as a terminal table: rows that matter, then a count of the other metric changes."""
     order = ("regression", "inconclusive", "within noise", "improvement", "new")
     rows = sorted((r for r in result["rows"] if r["verdict"] in order), key=lambda r: order.index(r["verdict"]))
-    lines = [f"llmcheck compare: {result['paired']} paired checks, "
-             + (f"{result['regressions']} REGRESSION(S)" if result["regressions"] else "no regressions")]
+    lines = [
+        f"llmcheck compare: {result['paired']} paired checks, "
+        + (f"{result['regressions']} REGRESSION(S)" if result["regressions"] else "no regressions")
+    ]
     lines += [f"  warning: {w}" for w in result["warnings"]]
     width = max([len(r["id"]) for r in rows] + [5])
     for r in rows:
@@ -178,10 +200,26 @@ def _checks(args) -> int:
     except RegistryError as exc:
         print(f"llmcheck checks: {exc}", file=sys.stderr)
         return 2
-    listing = [{"name": c.name, "family": c.family, "summary": c.summary, "needs": sorted(c.needs),
-                "params": {n: {"type": p.type.__name__, "default": p.default, "doc": p.doc, "minimum": p.minimum,
-                               "maximum": p.maximum, "choices": list(p.choices) if p.choices else None}
-                           for n, p in check_params(c).items()}} for c in checks.values()]
+    listing = [
+        {
+            "name": c.name,
+            "family": c.family,
+            "summary": c.summary,
+            "needs": sorted(c.needs),
+            "params": {
+                n: {
+                    "type": p.type.__name__,
+                    "default": p.default,
+                    "doc": p.doc,
+                    "minimum": p.minimum,
+                    "maximum": p.maximum,
+                    "choices": list(p.choices) if p.choices else None,
+                }
+                for n, p in check_params(c).items()
+            },
+        }
+        for c in checks.values()
+    ]
     if args.json:
         print(json.dumps(listing, indent=1, default=repr))
         return 0
@@ -189,9 +227,13 @@ def _checks(args) -> int:
         needs = f"  (needs {', '.join(c['needs'])})" if c["needs"] else ""
         print(f"{c['name']}  [{c['family']}]{needs}\n    {c['summary']}")
         for name, p in c["params"].items():
-            bounds = "".join([f", >= {p['minimum']:g}" if p["minimum"] is not None else "",
-                              f", <= {p['maximum']:g}" if p["maximum"] is not None else "",
-                              f", one of {p['choices']}" if p["choices"] else ""])
+            bounds = "".join(
+                [
+                    f", >= {p['minimum']:g}" if p["minimum"] is not None else "",
+                    f", <= {p['maximum']:g}" if p["maximum"] is not None else "",
+                    f", one of {p['choices']}" if p["choices"] else "",
+                ]
+            )
             print(f"    {c['name']}.{name} = {p['default']!r}  ({p['type']}{bounds})  {p['doc']}")
     return 0
 

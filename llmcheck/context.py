@@ -4,8 +4,9 @@ raw samples and artifacts. Lives in the worker process."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 class Context:
@@ -21,7 +22,9 @@ class Context:
 
     def progress(self, **info: Any) -> None:
         """A heartbeat: tells the parent what the check is doing (shown if it then times out)."""
-        self._send({"op": "progress", **{k: v if isinstance(v, (int, float, str)) else repr(v) for k, v in info.items()}})
+        self._send(
+            {"op": "progress", **{k: v if isinstance(v, (int, float, str)) else repr(v) for k, v in info.items()}}
+        )
 
     def record_samples(self, name: str, values: list[float]) -> None:
         """Keep raw measurements in the result, for comparisons between runs."""

@@ -1,15 +1,16 @@
 """The model-file contract: decorators that mark a model factory and its optional hooks.
 
 The decorators only attach a declaration to the function; nothing is registered globally. The
-loader (`llmcheck.target`) finds declarations by scanning the imported file's namespace, the way
+loader (`llmcheck.target.model`) finds declarations by scanning the imported file's namespace, the way
 pytest finds ``test_*`` functions, so two model files never see each other's hooks.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 MARK = "__llmcheck__"
 HOOK_KINDS = ("inputs", "loss", "eval_data", "train_data", "optimizer", "compressed")
@@ -58,12 +59,20 @@ def _check_arity(fn: Callable, n: int, what: str) -> None:
 
 def _positive_int(name: str, value: Any) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise DeclarationError(f"@llmcheck.model({name}={value!r}): expected a positive int, got {type(value).__name__}")
+        raise DeclarationError(
+            f"@llmcheck.model({name}={value!r}): expected a positive int, got {type(value).__name__}"
+        )
 
 
-def model(fn: Callable | None = None, *, name: str | None = None, causal: bool | None = None,
-          vocab_size: int | None = None, max_seq_len: int | None = None,
-          checks: dict[str, Any] | None = None):
+def model(
+    fn: Callable | None = None,
+    *,
+    name: str | None = None,
+    causal: bool | None = None,
+    vocab_size: int | None = None,
+    max_seq_len: int | None = None,
+    checks: dict[str, Any] | None = None,
+):
     """Declare a zero-argument factory that returns a fresh ``torch.nn.Module``.
 
     Traits say which checks apply; a Hugging Face model needs none (they come from its config).

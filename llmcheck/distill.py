@@ -13,8 +13,14 @@ from __future__ import annotations
 IGNORE_INDEX = -100  # torch.nn.functional.cross_entropy's default: padding labels
 
 
-def loss(student_logits, teacher_logits, labels=None, temperature: float = 2.0, alpha: float = 0.5,
-         ignore_index: int = IGNORE_INDEX):
+def loss(
+    student_logits,
+    teacher_logits,
+    labels=None,
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+    ignore_index: int = IGNORE_INDEX,
+):
     """The distillation loss of ``student_logits`` against ``teacher_logits`` (both ``[..., vocab]``).
 
     ``labels`` (``[...]``, aligned with the logits: shift them yourself for next-token prediction)
@@ -28,8 +34,12 @@ def loss(student_logits, teacher_logits, labels=None, temperature: float = 2.0, 
     vocab = student_logits.shape[-1]
     student = student_logits.reshape(-1, vocab).float()
     teacher = teacher_logits.detach().reshape(-1, vocab).float()
-    per_position = F.kl_div(F.log_softmax(student / temperature, dim=-1), F.log_softmax(teacher / temperature, dim=-1),
-                            reduction="none", log_target=True).sum(-1)
+    per_position = F.kl_div(
+        F.log_softmax(student / temperature, dim=-1),
+        F.log_softmax(teacher / temperature, dim=-1),
+        reduction="none",
+        log_target=True,
+    ).sum(-1)
     if labels is None:
         return per_position.mean() * temperature**2
     flat = labels.reshape(-1)
@@ -43,11 +53,14 @@ def loss(student_logits, teacher_logits, labels=None, temperature: float = 2.0, 
 
 def _validate(student, teacher, labels, temperature, alpha) -> None:
     if student.shape != teacher.shape:
-        raise ValueError(f"student logits {list(student.shape)} and teacher logits {list(teacher.shape)} "
-                         f"must have the same shape")
+        raise ValueError(
+            f"student logits {list(student.shape)} and teacher logits {list(teacher.shape)} must have the same shape"
+        )
     if labels is not None and tuple(labels.shape) != tuple(student.shape[:-1]):
-        raise ValueError(f"labels {list(labels.shape)} must match the logits without their vocabulary "
-                         f"dimension, {list(student.shape[:-1])}")
+        raise ValueError(
+            f"labels {list(labels.shape)} must match the logits without their vocabulary "
+            f"dimension, {list(student.shape[:-1])}"
+        )
     if not temperature > 0:
         raise ValueError(f"temperature = {temperature!r}: expected a number > 0 (1 leaves the logits as they are)")
     if not 0 <= alpha <= 1:

@@ -7,9 +7,10 @@ import torch at module level: the registry is read in the pytest process, which 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from llmcheck.results import Verdict
 
@@ -56,13 +57,15 @@ class Check:
     # and reaches measure as ``ctx.variant``. None: one item per check.
     variants: Callable[[Any], list[dict[str, Any]]] | None = None
     # ([{"metrics", "samples"} per process], params) -> merged metrics; pure, torch-free. When set, the
-    # harness measures in ``processes`` worker processes and judges the merged metrics (llmcheck.processes).
+    # harness measures in ``processes`` worker processes and judges the merged metrics (llmcheck.isolation.processes).
     merge: Callable[[list[dict[str, Any]], Any], dict[str, Any]] | None = None
 
     def __post_init__(self):
         unknown = set(self.needs) - set(KNOWN_NEEDS)
         if unknown:
-            raise RegistryError(f"check {self.name!r} needs unknown traits {sorted(unknown)}; known: {sorted(KNOWN_NEEDS)}")
+            raise RegistryError(
+                f"check {self.name!r} needs unknown traits {sorted(unknown)}; known: {sorted(KNOWN_NEEDS)}"
+            )
         if not self.name.replace("-", "_").isidentifier():
             raise RegistryError(f"check name {self.name!r} must be an identifier (letters, digits, _ or -)")
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from llmcheck.registry import Check, Param
 
@@ -85,7 +86,9 @@ def pyproject_layer(path: Path) -> Layer | None:
     values = {k: v for k, v in table.items() if k not in ("checks", "compare")}
     checks = table.get("checks", {})
     if not isinstance(checks, dict):
-        raise SettingsError(f"[tool.llmcheck] checks = {checks!r} in {path}: expected a table of check name -> settings")
+        raise SettingsError(
+            f"[tool.llmcheck] checks = {checks!r} in {path}: expected a table of check name -> settings"
+        )
     values.update(checks)
     return Layer(f"[tool.llmcheck] in {path}", values)
 
@@ -115,7 +118,11 @@ def coerce(name: str, value: Any, param: Param, source: str) -> Any:
     elif kind is list:
         if not isinstance(value, (list, tuple)):
             raise bad(f"a list of {param.item_type.__name__ if param.item_type else 'values'}")
-        item = Param(param.item_type, None, "", param.minimum, param.maximum, choices=param.choices) if param.item_type else None
+        item = (
+            Param(param.item_type, None, "", param.minimum, param.maximum, choices=param.choices)
+            if param.item_type
+            else None
+        )
         if not value:
             raise bad("a non-empty list")
         return [coerce(f"{name}[{i}]", v, item, source) if item else v for i, v in enumerate(value)]
@@ -159,17 +166,49 @@ def resolve(layers: list[Layer], checks: Mapping[str, Check], check: Check) -> t
                     enabled = value
                     continue
                 if not isinstance(value, Mapping):
-                    raise SettingsError(f"{key} = {value!r} from {layer.source}: expected a table of parameters or true/false")
+                    raise SettingsError(
+                        f"{key} = {value!r} from {layer.source}: expected a table of parameters or true/false"
+                    )
                 for pname, pvalue in value.items():
                     if pname not in spec:
-                        raise SettingsError(f"unknown parameter {key}.{pname} from {layer.source}; "
-                                            f"valid parameters of {key}: {_valid(spec)}")
+                        raise SettingsError(
+                            f"unknown parameter {key}.{pname} from {layer.source}; "
+                            f"valid parameters of {key}: {_valid(spec)}"
+                        )
                     params[pname] = coerce(f"{key}.{pname}", pvalue, spec[pname], layer.source)
                     explicit_timeout |= pname == "timeout"
             else:
-                raise SettingsError(f"unknown setting {key!r} from {layer.source}; valid global settings: "
-                                    f"{_valid(GLOBAL_PARAMS)}; valid checks: {_valid(checks)}")
+                raise SettingsError(
+                    f"unknown setting {key!r} from {layer.source}; valid global settings: "
+                    f"{_valid(GLOBAL_PARAMS)}; valid checks: {_valid(checks)}"
+                )
     # A timeout the user set for all checks wins over a check's built-in default.
     if not explicit_timeout and (global_timeout or check.timeout is None):
         params["timeout"] = glob["timeout"]
     return glob, params, enabled
+
+
+class UsageError(ValueError):
+    """A bad command-line option value; the command exits with status 2."""
+
+
+def duration(text: str, option: str = "--ab-budget") -> float:
+    """Seconds from ``60``, ``60s``, ``2m`` or ``1h``."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        value = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: expected seconds, e.g. 60s, 90 or 5m") from None
+    if value <= 0:
+        raise UsageError(f"{option} {text!r}: must be positive")
+    return value
+
+
+def fraction(text: str, option: str) -> float:
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: expected a fraction or a percentage, e.g. 0.05 or 5%") from None
+    if not 0 <= value < 1:
+        raise UsageError(f"{option} {text!r}: must lie in [0, 1) (as a fraction) or [0%, 100%)")
+    return value

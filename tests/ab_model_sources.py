@@ -2,7 +2,7 @@
 (or fewer) does a fixed fraction more (or less) work on any machine: 6 blocks against 5 is a
 structural slowdown of about 20 %, 4 against 5 a speedup of about 20 %."""
 
-STACK = '''
+STACK = """
 import torch
 import torch.nn as nn
 import llmcheck
@@ -26,10 +26,10 @@ class Stack(nn.Module):
 @llmcheck.model(causal=True, vocab_size=V, max_seq_len=T)
 def stack():
     return Stack()
-'''
+"""
 
 # A sibling module the model file imports: git:REF:path must check it out at REF too.
-BLOCKS = '''
+BLOCKS = """
 import torch
 import torch.nn as nn
 
@@ -44,7 +44,7 @@ class Block(nn.Module):
 
     def forward(self, x):
         return x + self.down(torch.relu(self.up(x)))
-'''
+"""
 
 
 def write(folder, blocks: int, name: str = "model.py"):

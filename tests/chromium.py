@@ -18,8 +18,9 @@ import pytest
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CONSOLE = re.compile(r":CONSOLE[^\]]*\]\s*(.*)")
-needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                    reason="headless Chromium is not installed (apt-get install -y chromium)")
+needs_chromium = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="headless Chromium is not installed (apt-get install -y chromium)"
+)
 
 
 @dataclass
@@ -46,10 +47,24 @@ class _Reader(HTMLParser):
 
 def open_page(path: Path, workdir: Path, width: int = 1280, height: int = 2400) -> Page:
     shot = workdir / f"{path.stem}.png"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
-           f"--user-data-dir={workdir / 'chromium-profile'}", "--enable-logging=stderr", "--v=0",
-           f"--window-size={width},{height}", f"--screenshot={shot}", "--dump-dom", path.resolve().as_uri()]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-extensions",
+        f"--user-data-dir={workdir / 'chromium-profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        f"--window-size={width},{height}",
+        f"--screenshot={shot}",
+        "--dump-dom",
+        path.resolve().as_uri(),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     console = [m.group(1) for line in done.stderr.splitlines() if (m := CONSOLE.search(line))]
     reader = _Reader()

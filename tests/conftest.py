@@ -7,7 +7,6 @@ import os
 import textwrap
 
 import pytest
-
 from model_sources import CLEAN
 
 # Workers inherit this. With two test processes on two cores, torch's default of one thread per

@@ -4,7 +4,7 @@
 shows exactly which line carries the bug it is about.
 """
 
-CLEAN = '''
+CLEAN = """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -49,7 +49,7 @@ class TinyLM(nn.Module):
 @llmcheck.model(causal=True, vocab_size=V, max_seq_len=T)
 def tiny():
     return TinyLM()
-'''
+"""
 
 
 def variant(old: str, new: str, source: str = CLEAN) -> str:

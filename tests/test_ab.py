@@ -11,12 +11,14 @@ import json
 import subprocess
 
 import pytest
-
 from ab_model_sources import write
-from llmcheck import ab, ab_sources, cli
+
+from llmcheck import cli
+from llmcheck.ab import engine as ab
+from llmcheck.ab import sources as ab_sources
 from llmcheck.reports import ab_report
 
-FAST = ["--set", "latency.precisions=[\"float32\"]", "--set", "latency.seq_lens=[16]", "-q"]
+FAST = ["--set", 'latency.precisions=["float32"]', "--set", "latency.seq_lens=[16]", "-q"]
 # A 20 % change needs no 2 % precision: stop once 4 pairs give ±8 %, which a quiet machine reaches in
 # about 20 s; a busy one keeps adding pairs until the budget, so a disturbed pair is outvoted. Under
 # CI's `-n 2` on two cores, 60 s gave 7 pairs and a -22 % change with CI 0.63-0.97 (not wholly below
@@ -35,8 +37,20 @@ def test_two_identical_model_files_show_no_significant_change_in_repeated_runs(t
     verdicts = []
     for seed in (1, 2):  # two runs of two configurations each: four A/A comparisons
         out = tmp_path / f"aa{seed}.json"
-        code, _ = llmcheck_ab(capsys, str(base), str(head), "--ab-budget", "15s", "--seed", str(seed),
-                              "--set", "latency.batch_sizes=[4, 8]", "--json", str(out), *FAST)
+        code, _ = llmcheck_ab(
+            capsys,
+            str(base),
+            str(head),
+            "--ab-budget",
+            "15s",
+            "--seed",
+            str(seed),
+            "--set",
+            "latency.batch_sizes=[4, 8]",
+            "--json",
+            str(out),
+            *FAST,
+        )
         doc = json.loads(out.read_text())
         verdicts += [r["verdict"] for r in doc["results"]]
         assert code == 0
@@ -50,8 +64,21 @@ def test_a_model_with_two_more_blocks_is_a_regression_in_every_output(tmp_path, 
     # 6 against 5 measured only +10.6 % (CI 1.027-1.191); 7 against 5 keeps the step >= 20 % slower there.
     base, head = write(tmp_path / "base", 5), write(tmp_path / "head", 7)
     monkeypatch.chdir(tmp_path)
-    code, table = llmcheck_ab(capsys, str(base), str(head), *ADAPTIVE, "--set", "latency.batch_sizes=[8]",
-                              "--json", "ab.json", "--markdown", "ab.md", "--html", "ab.html", *FAST)
+    code, table = llmcheck_ab(
+        capsys,
+        str(base),
+        str(head),
+        *ADAPTIVE,
+        "--set",
+        "latency.batch_sizes=[8]",
+        "--json",
+        "ab.json",
+        "--markdown",
+        "ab.md",
+        "--html",
+        "ab.html",
+        *FAST,
+    )
     doc = json.loads((tmp_path / "ab.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
     jsonschema.validate(doc, ab_report.SCHEMA)
     (result,) = doc["results"]
@@ -70,15 +97,31 @@ def test_a_model_with_two_more_blocks_is_a_regression_in_every_output(tmp_path, 
 def test_git_ref_path_compares_a_commit_with_the_working_tree_and_removes_its_worktree(tmp_path, monkeypatch, capsys):
     repo = tmp_path / "repo"
     write(repo, 5)
-    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *a],  # noqa: E731
-                                    cwd=repo, check=True, capture_output=True, text=True).stdout
+    git = lambda *a: (
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *a],  # noqa: E731
+            cwd=repo,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
     git("init", "-q")
     git("add", ".")
     git("commit", "-q", "-m", "five blocks")
     write(repo, 3)  # the working tree: two blocks fewer (>= 20 % faster even under CI load), in the sibling module
     monkeypatch.chdir(repo)
-    code, table = llmcheck_ab(capsys, "git:HEAD:model.py", "model.py", *ADAPTIVE,
-                              "--set", "latency.batch_sizes=[8]", "--json", "ab.json", *FAST)
+    code, table = llmcheck_ab(
+        capsys,
+        "git:HEAD:model.py",
+        "model.py",
+        *ADAPTIVE,
+        "--set",
+        "latency.batch_sizes=[8]",
+        "--json",
+        "ab.json",
+        *FAST,
+    )
     doc = json.loads((repo / "ab.json").read_text())
     assert code == 0
     assert doc["results"][0]["verdict"] == "improvement", table
@@ -122,10 +165,24 @@ def test_the_pytest_option_measures_each_latency_item_against_base(run_llmcheck,
     # 5 is a change no loaded CI machine hides (one run under `pytest -n 2` saw 6 vs 5 as 1.167, CI 0.97-1.40).
     write(pytester.path / "base", 5)
     (pytester.path / "blocks.py").write_text(BLOCKS.format(n=8))
-    result = run_llmcheck(STACK, "-k", "latency", "--llmcheck-set", "latency.batch_sizes=[8]",
-                          "--llmcheck-set", 'latency.precisions=["float32"]', "--llmcheck-ab-base", "base/model.py",
-                          "--llmcheck-ab-budget", "60s", "--llmcheck-ab-precision", "8%", "--llmcheck-html", "report.html",
-                          subprocess=True)  # an in-process session after this one could not load its plugins
+    result = run_llmcheck(
+        STACK,
+        "-k",
+        "latency",
+        "--llmcheck-set",
+        "latency.batch_sizes=[8]",
+        "--llmcheck-set",
+        'latency.precisions=["float32"]',
+        "--llmcheck-ab-base",
+        "base/model.py",
+        "--llmcheck-ab-budget",
+        "60s",
+        "--llmcheck-ab-precision",
+        "8%",
+        "--llmcheck-html",
+        "report.html",
+        subprocess=True,
+    )  # an in-process session after this one could not load its plugins
     record = result.by_check["latency"]
     ab_result = record["metrics"]["ab"]["results"][0]
     assert record["status"] == "failed" and ab_result["verdict"] == "regression", record["message"]
@@ -143,9 +200,18 @@ def test_a_model_missing_from_base_is_an_error_item_that_names_it(run_llmcheck, 
     (pytester.path / "base" / "model.py").write_text(other)
     (pytester.path / "base" / "blocks.py").write_text(BLOCKS.format(n=5))
     (pytester.path / "blocks.py").write_text(BLOCKS.format(n=5))
-    result = run_llmcheck(STACK, "-k", "latency", "--llmcheck-set", "latency.batch_sizes=[8]",
-                          "--llmcheck-set", 'latency.precisions=["float32"]', "--llmcheck-ab-base", "base/model.py",
-                          subprocess=True)
+    result = run_llmcheck(
+        STACK,
+        "-k",
+        "latency",
+        "--llmcheck-set",
+        "latency.batch_sizes=[8]",
+        "--llmcheck-set",
+        'latency.precisions=["float32"]',
+        "--llmcheck-ab-base",
+        "base/model.py",
+        subprocess=True,
+    )
     assert "latency" in result.by_check, result.stderr.str()
     record = result.by_check["latency"]
     assert record["status"] == "error"
@@ -155,14 +221,38 @@ def test_a_model_missing_from_base_is_an_error_item_that_names_it(run_llmcheck, 
 def test_user_strings_are_escaped_in_the_html_and_markdown_outputs():
     from llmcheck.reports import ab_html
 
-    pairs = [{"round": i, "first": "BASE", "base_ms": 1.0, "head_ms": 1.0 + i / 100, "ratio": 1.0 + i / 100} for i in range(4)]
-    result = {"id": "bs=1-<b>x</b>", "model": "m", "variant": {}, "verdict": "no significant change", "stop": "budget",
-              "message": "no significant change <img src=x>", "pairs": pairs, "base_median_ms": 1.0, "head_median_ms": 1.02,
-              "estimate": {"n": 4, "ratio": 1.015, "ci_low": 0.99, "ci_high": 1.04, "half_width": 0.025}, "detectable": None}
+    pairs = [
+        {"round": i, "first": "BASE", "base_ms": 1.0, "head_ms": 1.0 + i / 100, "ratio": 1.0 + i / 100}
+        for i in range(4)
+    ]
+    result = {
+        "id": "bs=1-<b>x</b>",
+        "model": "m",
+        "variant": {},
+        "verdict": "no significant change",
+        "stop": "budget",
+        "message": "no significant change <img src=x>",
+        "pairs": pairs,
+        "base_median_ms": 1.0,
+        "head_median_ms": 1.02,
+        "estimate": {"n": 4, "ratio": 1.015, "ci_low": 0.99, "ci_high": 1.04, "half_width": 0.025},
+        "detectable": None,
+    }
     side = {"spec": "<script>alert(1)</script>.py", "path": "p", "commit": None}
-    doc = ab_report.build(check="latency", metric="forward", statistic="min", base=side, head=side, rounds=4,
-                          options=dict(ab.Options().__dict__), results=[result], environment={}, producer={},
-                          started=0.0, finished=1.0)
+    doc = ab_report.build(
+        check="latency",
+        metric="forward",
+        statistic="min",
+        base=side,
+        head=side,
+        rounds=4,
+        options=dict(ab.Options().__dict__),
+        results=[result],
+        environment={},
+        producer={},
+        started=0.0,
+        finished=1.0,
+    )
     html = ab_html.render(doc)
     assert "<script>" not in html and "&lt;script&gt;" in html and "<img" not in html and "<b>x" not in html
     assert html.count("<svg") == 1 and "1.015" in html

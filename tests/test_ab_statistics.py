@@ -8,14 +8,20 @@ import random
 
 import pytest
 
-from llmcheck.reports import ab_stats
+from llmcheck.stats import ab_intervals as ab_stats
 
 PRECISION, MIN_PAIRS, THRESHOLD = 0.02, 5, 0.05
 
 
-def simulated_run(rng: random.Random, change: float, max_pairs: int, process_spread: float = 0.09,
-                  noise: float = 0.015, outliers: float = 0.05) -> ab_stats.Estimate:
-    """One A/B run on a simulated shared machine, stopped as llmcheck.ab stops it.
+def simulated_run(
+    rng: random.Random,
+    change: float,
+    max_pairs: int,
+    process_spread: float = 0.09,
+    noise: float = 0.015,
+    outliers: float = 0.05,
+) -> ab_stats.Estimate:
+    """One A/B run on a simulated shared machine, stopped as llmcheck.ab.engine stops it.
 
     Each process's median is true_time x machine drift x its own offset x measurement noise:
     - machine drift: a random walk shared by the two processes of a pair (they run back to back),

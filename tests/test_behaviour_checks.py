@@ -11,7 +11,7 @@ BEHAVIOUR = ("causal", "batch", "padding", "kv-cache", "fuzz")
 
 # A small causal LM in the transformers conventions: attention_mask (positions derived from it,
 # as generate() does for left padding), past_key_values in and out, use_cache.
-CACHED = '''
+CACHED = """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -78,7 +78,7 @@ class CachedLM(nn.Module):
 @llmcheck.model(causal=True, vocab_size=V, max_seq_len=T)
 def cached():
     return CachedLM()
-'''
+"""
 
 
 def run_checks(run_llmcheck, source, *checks, model=""):
@@ -88,6 +88,7 @@ def run_checks(run_llmcheck, source, *checks, model=""):
 
 
 # -- clean models pass --------------------------------------------------------------------------
+
 
 def test_a_clean_cached_model_passes_every_behaviour_check(run_llmcheck):
     found = run_checks(run_llmcheck, CACHED, *BEHAVIOUR)
@@ -101,12 +102,19 @@ def test_the_example_model_passes_and_skips_what_does_not_apply(run_llmcheck):
     example = Path(__file__).resolve().parents[1] / "examples" / "tiny_gpt.py"
     found = run_checks(run_llmcheck, example.read_text(), *BEHAVIOUR, model="tiny_gpt and not finetune and")
     statuses = {c: r["status"] for c, r in found.items()}
-    assert statuses == {"causal": "passed", "batch": "passed", "fuzz": "passed", "padding": "skipped", "kv-cache": "skipped"}
+    assert statuses == {
+        "causal": "passed",
+        "batch": "passed",
+        "fuzz": "passed",
+        "padding": "skipped",
+        "kv-cache": "skipped",
+    }
     assert "takes no attention_mask" in found["padding"]["message"]
     assert "takes no past_key_values" in found["kv-cache"]["message"]
 
 
 # -- causal -------------------------------------------------------------------------------------
+
 
 def test_an_off_by_one_causal_mask_fails_causal_naming_the_leaking_position(run_llmcheck):
     source = variant(".tril(past_len)", ".tril(past_len + 1)", CACHED)
@@ -118,6 +126,7 @@ def test_an_off_by_one_causal_mask_fails_causal_naming_the_leaking_position(run_
 
 # -- batch --------------------------------------------------------------------------------------
 
+
 def test_a_mean_over_the_batch_fails_batch_naming_the_samples_and_module(run_llmcheck):
     source = variant("return x + self.mlp(x)", "return x + self.mlp(x - x.mean(dim=0, keepdim=True))")
     found = run_checks(run_llmcheck, source, "batch")["batch"]
@@ -128,7 +137,9 @@ def test_a_mean_over_the_batch_fails_batch_naming_the_samples_and_module(run_llm
 
 
 def test_batch_statistics_used_only_in_training_fail_batch_in_train_mode(run_llmcheck):
-    source = variant("return x + self.mlp(x)", "return x + self.mlp(x - x.mean(dim=0, keepdim=True) if self.training else x)")
+    source = variant(
+        "return x + self.mlp(x)", "return x + self.mlp(x - x.mean(dim=0, keepdim=True) if self.training else x)"
+    )
     found = run_checks(run_llmcheck, source, "batch")["batch"]
     assert found["status"] == "failed"
     assert "train mode: sample 1's output changes when sample 0 changes" in found["message"]
@@ -137,8 +148,11 @@ def test_batch_statistics_used_only_in_training_fail_batch_in_train_mode(run_llm
 
 # -- padding ------------------------------------------------------------------------------------
 
+
 def test_an_attention_mask_accepted_and_ignored_fails_padding(run_llmcheck):
-    source = variant("mask = causal[None, None] & attention_mask[:, None, None, :].bool()", "mask = causal[None, None]", CACHED)
+    source = variant(
+        "mask = causal[None, None] & attention_mask[:, None, None, :].bool()", "mask = causal[None, None]", CACHED
+    )
     found = run_checks(run_llmcheck, source, "padding")["padding"]
     assert found["status"] == "failed"
     assert "left padding (4 pad tokens, id 0): the output of the real token at sample" in found["message"]
@@ -146,7 +160,9 @@ def test_an_attention_mask_accepted_and_ignored_fails_padding(run_llmcheck):
 
 
 def test_a_model_ignoring_the_mask_entirely_is_told_so(run_llmcheck):
-    source = variant("def forward(self, idx):", "def forward(self, input_ids, attention_mask=None):\n        idx = input_ids")
+    source = variant(
+        "def forward(self, idx):", "def forward(self, input_ids, attention_mask=None):\n        idx = input_ids"
+    )
     found = run_checks(run_llmcheck, source, "padding")["padding"]
     assert found["status"] == "failed"
     assert "attention_mask has no effect on the output: it is accepted and ignored" in found["message"]
@@ -154,9 +170,13 @@ def test_a_model_ignoring_the_mask_entirely_is_told_so(run_llmcheck):
 
 # -- kv-cache -----------------------------------------------------------------------------------
 
+
 def test_positions_restarting_on_cached_steps_fail_kv_cache(run_llmcheck):
-    source = variant("pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, past_len:]",
-                     "pos = (attention_mask[:, past_len:].cumsum(-1) - 1).clamp(min=0)", CACHED)
+    source = variant(
+        "pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, past_len:]",
+        "pos = (attention_mask[:, past_len:].cumsum(-1) - 1).clamp(min=0)",
+        CACHED,
+    )
     found = run_checks(run_llmcheck, source, "kv-cache")["kv-cache"]
     assert found["status"] == "failed"
     assert "token by token (prefill 1): logits at position 1 differ from the full forward" in found["message"]
@@ -173,11 +193,14 @@ def test_a_model_that_returns_no_cache_fails_kv_cache_saying_where_it_looked(run
 
 # -- fuzz ---------------------------------------------------------------------------------------
 
+
 def test_a_short_position_table_fails_fuzz_with_the_shrunk_length(run_llmcheck):
     source = variant("self.pos = nn.Embedding(T, D)", "self.pos = nn.Embedding(T // 2, D)")
     found = run_checks(run_llmcheck, source, "fuzz")["fuzz"]
     assert found["status"] == "failed"
-    assert found["message"].startswith("batch_size=1, seq_len=17, tokens=lowest raises IndexError in pos (Embedding) at model.py:")
+    assert found["message"].startswith(
+        "batch_size=1, seq_len=17, tokens=lowest raises IndexError in pos (Embedding) at model.py:"
+    )
     assert "seed=0 (replay: --llmcheck-set fuzz.seed=0)" in found["message"]
 
 
@@ -204,6 +227,7 @@ def test_non_finite_outputs_on_token_zero_fail_fuzz(run_llmcheck):
 
 # -- judgements on recorded numbers (pure functions, no worker) ---------------------------------
 
+
 def params(check, **values):
     from llmcheck.registry import load_checks
     from llmcheck.settings import Params
@@ -214,20 +238,38 @@ def params(check, **values):
 
 def test_a_greedy_token_flip_on_a_near_tie_is_reported_but_not_failed():
     check, p = params("kv-cache")
-    metrics = {"keyword": "past_key_values", "seq_len": 4, "tolerance": 1e-5,
-               "probes": {"token by token": {"prefill": 1, "diff": [0.0, 1e-6, 0.0, 0.0]}},
-               "with_cache": [[3, 5]], "without_cache": [[3, 6]], "first_diff_step": 1, "sample": 0, "margin": 1e-6}
+    metrics = {
+        "keyword": "past_key_values",
+        "seq_len": 4,
+        "tolerance": 1e-5,
+        "probes": {"token by token": {"prefill": 1, "diff": [0.0, 1e-6, 0.0, 0.0]}},
+        "with_cache": [[3, 5]],
+        "without_cache": [[3, 6]],
+        "first_diff_step": 1,
+        "sample": 0,
+        "margin": 1e-6,
+    }
     verdict = check.judge(metrics, p)
     assert verdict.status == "passed" and "[a near tie, not judged]" in verdict.message
     verdict = check.judge({**metrics, "margin": 0.5}, p)
-    assert verdict.status == "failed" and "generated token 1 of sample 0 is 5 with the cache, 6 without" in verdict.message
+    assert (
+        verdict.status == "failed" and "generated token 1 of sample 0 is 5 with the cache, 6 without" in verdict.message
+    )
 
 
 def test_a_gradient_only_causal_leak_names_the_position_and_token():
     check, p = params("causal")
-    metrics = {"seq_len": 4, "positions": [0, 2], "tolerance": 1e-5, "logit_diff": {"0": [0.0], "2": [0.0, 0.0, 0.0]},
-               "gradient_probe": "hook on Embedding", "embedding_grad": {"0": [1.0, 0.0, 0.0, 0.0], "2": [1.0, 1.0, 1.0, 0.5]}}
+    metrics = {
+        "seq_len": 4,
+        "positions": [0, 2],
+        "tolerance": 1e-5,
+        "logit_diff": {"0": [0.0], "2": [0.0, 0.0, 0.0]},
+        "gradient_probe": "hook on Embedding",
+        "embedding_grad": {"0": [1.0, 0.0, 0.0, 0.0], "2": [1.0, 1.0, 1.0, 0.5]},
+    }
     verdict = check.judge(metrics, p)
     assert verdict.status == "failed"
-    assert verdict.message == ("causal leak: gradient: the logits at position 2 depend on the embedding of token 3 "
-                               "(|∂logits/∂emb| = 0.5 > 1e-06)")
+    assert verdict.message == (
+        "causal leak: gradient: the logits at position 2 depend on the embedding of token 3 "
+        "(|∂logits/∂emb| = 0.5 > 1e-06)"
+    )

@@ -1,13 +1,15 @@
 """checkpoint: state that does not survive a state_dict round trip is named."""
 
 import torch
-
-from llmcheck.tensors import tied_groups, untied
 from model_sources import variant
+
+from llmcheck.target.tensors import tied_groups, untied
 
 
 def test_a_clean_model_with_tied_weights_passes_checkpoint(run_llmcheck):
-    source = variant("for p in self.parameters():", "self.head.weight = self.tok.weight\n        for p in self.parameters():")
+    source = variant(
+        "for p in self.parameters():", "self.head.weight = self.tok.weight\n        for p in self.parameters():"
+    )
     result = run_llmcheck(source, "-k", "checkpoint")
     record = result.by_check["checkpoint"]
     assert record["status"] == "passed", record["message"]
@@ -16,8 +18,10 @@ def test_a_clean_model_with_tied_weights_passes_checkpoint(run_llmcheck):
 
 
 def test_a_tensor_kept_outside_parameters_and_buffers_fails_checkpoint_by_name(run_llmcheck):
-    source = variant("self.head = nn.Linear(D, V, bias=False)",
-                     "self.head = nn.Linear(D, V, bias=False)\n        self.scale = torch.rand(D) + 0.5")
+    source = variant(
+        "self.head = nn.Linear(D, V, bias=False)",
+        "self.head = nn.Linear(D, V, bias=False)\n        self.scale = torch.rand(D) + 0.5",
+    )
     source = variant("return self.head(x)", "return self.head(x * self.scale)", source)
     result = run_llmcheck(source, "-k", "checkpoint")
     record = result.by_check["checkpoint"]
@@ -28,9 +32,11 @@ def test_a_tensor_kept_outside_parameters_and_buffers_fails_checkpoint_by_name(r
 
 
 def test_a_non_persistent_random_buffer_fails_checkpoint_by_name(run_llmcheck):
-    source = variant("self.head = nn.Linear(D, V, bias=False)",
-                     "self.head = nn.Linear(D, V, bias=False)\n"
-                     "        self.register_buffer('noise', torch.randn(D), persistent=False)")
+    source = variant(
+        "self.head = nn.Linear(D, V, bias=False)",
+        "self.head = nn.Linear(D, V, bias=False)\n"
+        "        self.register_buffer('noise', torch.randn(D), persistent=False)",
+    )
     source = variant("return self.head(x)", "return self.head(x + self.noise)", source)
     record = run_llmcheck(source, "-k", "checkpoint").by_check["checkpoint"]
     assert record["status"] == "failed" and "noise (tensor [32]" in record["message"]

@@ -8,18 +8,20 @@ import subprocess
 from importlib.metadata import entry_points
 
 import pytest
+from report_data import document, latency, record
 
 from llmcheck.cli import main
 from llmcheck.registry import load_checks
 from llmcheck.reports import json_report
-from report_data import document, latency, record
 
 
 @pytest.fixture
 def reports(tmp_path):
     def write(base: list[dict], head: list[dict]) -> tuple[str, str]:
-        return (str(json_report.write(tmp_path / "base.json", document(base))),
-                str(json_report.write(tmp_path / "head.json", document(head))))
+        return (
+            str(json_report.write(tmp_path / "base.json", document(base))),
+            str(json_report.write(tmp_path / "head.json", document(head))),
+        )
 
     return write
 
@@ -59,7 +61,9 @@ def test_compare_markdown_to_stdout_replaces_the_table(reports, capsys):
 
 def test_compare_refuses_mismatched_environments_unless_allowed(tmp_path, capsys):
     base = json_report.write(tmp_path / "base.json", document([record("eval")]))
-    head = json_report.write(tmp_path / "head.json", document([record("eval")], env={"torch": "2.1.0", "device": "cpu"}))
+    head = json_report.write(
+        tmp_path / "head.json", document([record("eval")], env={"torch": "2.1.0", "device": "cpu"})
+    )
     assert main(["compare", str(base), str(head)]) == 2
     assert "torch: BASE '2.13.0+cpu', HEAD '2.1.0'" in capsys.readouterr().err
     assert main(["compare", str(base), str(head), "--allow-env-mismatch"]) == 0

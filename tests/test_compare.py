@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from report_data import ENV, compression, document, latency, leak, record
 
 from llmcheck.cli import main
 from llmcheck.reports import compare, json_report
 from llmcheck.reports.compare import CompareError, Rules, Threshold
 from llmcheck.reports.json_report import ReportError
-from report_data import ENV, compression, document, latency, leak, record
 
 
 def verdicts(result: dict, kind: str | None = None) -> list[tuple[str, str, str]]:
@@ -44,7 +44,9 @@ def test_a_pass_that_now_errors_times_out_or_crashes_is_a_regression(now):
 
 
 def test_a_passing_check_that_is_now_skipped_is_a_regression():
-    result = compare.compare(document([record("causal")]), document([record("causal", "skipped", message="not causal")]))
+    result = compare.compare(
+        document([record("causal")]), document([record("causal", "skipped", message="not causal")])
+    )
     assert result["rows"][0]["verdict"] == "regression"
     assert "no longer proves anything" in result["rows"][0]["note"]
 
@@ -69,8 +71,9 @@ def test_different_torch_or_device_is_refused_naming_the_fields():
 
 def test_allow_env_mismatch_compares_and_keeps_the_difference_as_a_warning():
     other = {**ENV, "torch": "2.12.0+cpu", "cpu_count": 64}
-    result = compare.compare(document([record("checkpoint")]), document([record("checkpoint")], env=other),
-                             Rules(allow_env_mismatch=True))
+    result = compare.compare(
+        document([record("checkpoint")]), document([record("checkpoint")], env=other), Rules(allow_env_mismatch=True)
+    )
     assert result["regressions"] == 0
     assert any("torch: BASE '2.13.0+cpu', HEAD '2.12.0+cpu'" in w for w in result["warnings"])
     assert any("cpu_count: BASE 2, HEAD 64" in w for w in result["warnings"])
@@ -115,9 +118,15 @@ def test_a_report_without_results_is_not_mistaken_for_an_empty_run(tmp_path, cap
     assert "not an llmcheck report" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("spec, worse, amount, relative", [
-    ("latency.p50:+5%", 1, 0.05, True), ("throughput.tokens_per_s:-3%", -1, 0.03, True),
-    ("gradient.loss:+0.1", 1, 0.1, False), ("*.peak_memory_mb:+.5%", 1, 0.005, True)])
+@pytest.mark.parametrize(
+    "spec, worse, amount, relative",
+    [
+        ("latency.p50:+5%", 1, 0.05, True),
+        ("throughput.tokens_per_s:-3%", -1, 0.03, True),
+        ("gradient.loss:+0.1", 1, 0.1, False),
+        ("*.peak_memory_mb:+.5%", 1, 0.005, True),
+    ],
+)
 def test_thresholds_parse_with_direction_and_unit(spec, worse, amount, relative):
     t = Threshold.parse(spec)
     assert (t.worse, t.relative) == (worse, relative) and t.amount == pytest.approx(amount)
@@ -164,9 +173,10 @@ def test_higher_is_better_metrics_regress_when_they_fall():
 
 
 def test_metric_direction_comes_from_the_name():
-    assert [compare.better(n) for n in ("forward.median_ms", "tokens_per_s", "peak_memory_mb", "top1", "loss",
-                                        "size_ratio", "trainable")] == \
-        ["lower", "higher", "lower", "higher", "lower", "lower", None]
+    assert [
+        compare.better(n)
+        for n in ("forward.median_ms", "tokens_per_s", "peak_memory_mb", "top1", "loss", "size_ratio", "trainable")
+    ] == ["lower", "higher", "lower", "higher", "lower", "lower", None]
 
 
 def test_a_threshold_that_matches_nothing_is_reported():
@@ -177,7 +187,8 @@ def test_a_threshold_that_matches_nothing_is_reported():
 
 def test_thresholds_come_from_pyproject_and_the_command_line_wins(tmp_path, capsys):
     (tmp_path / "pyproject.toml").write_text(
-        '[tool.llmcheck.compare]\nfail_on = ["gradient.loss:+50%"]\nalpha = 0.001\nmin_effect = "10%"\n')
+        '[tool.llmcheck.compare]\nfail_on = ["gradient.loss:+50%"]\nalpha = 0.001\nmin_effect = "10%"\n'
+    )
     base = write(tmp_path, "base.json", document([record("gradient", metrics={"loss": 4.0})]))
     head = write(tmp_path, "head.json", document([record("gradient", metrics={"loss": 4.5})]))
     config = ["--config", str(tmp_path / "pyproject.toml")]
@@ -210,7 +221,9 @@ def test_curves_in_samples_are_listed_but_gated_only_when_a_threshold_names_them
 
 
 def test_the_issue_s_example_threshold_names_the_median_as_p50():
-    assert {"forward.median_ms", "median_ms", "median", "p50", "forward.p50"} <= compare.metric_names("forward.median_ms")
+    assert {"forward.median_ms", "median_ms", "median", "p50", "forward.p50"} <= compare.metric_names(
+        "forward.median_ms"
+    )
     base, head = latency(1, 1.00, seed=1), latency(1, 1.10, seed=2)
     result = compare.compare(document([base]), document([head]), Rules(thresholds=[Threshold.parse("latency.p50:+5%")]))
     row = next(r for r in result["rows"] if r["kind"] == "metric" and r["name"] == "forward.median_ms")

@@ -1,7 +1,7 @@
 """`llmcheck compare` with per-process medians: run-to-run drift between stored runs is not a
 regression, a real shift with tight processes is, and runs whose processes disagree by more than
 the minimum effect are flagged as too noisy to compare. Reports without per-process data compare
-as before. The records are synthetic, shaped like the latency check's (llmcheck.processes)."""
+as before. The records are synthetic, shaped like the latency check's (llmcheck.isolation.processes)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import random
 
 from report_data import document, latency
 
-from llmcheck import cli, spread
+from llmcheck import cli
 from llmcheck.reports import compare, markdown
-from llmcheck.reports.significance import process_shift
+from llmcheck.stats import spread
+from llmcheck.stats.significance import process_shift
 
 DRIFTING = [1.70, 1.78, 1.86]  # 9% apart: the six-run drift measured on this machine (DESIGN.md §4)
 TIGHT = [1.000, 1.004, 1.008]
@@ -24,8 +25,12 @@ def spread_record(medians: list[float], n: int = 100, seed: int = 0) -> dict:
     per_process = [[m * (1 + rng.gauss(0, 0.01)) for _ in range(n)] for m in medians]
     rec = latency(1, statistics_median(per_process), n=n * len(medians), seed=seed)
     rec["samples"]["forward_ms"] = [x for p in per_process for x in p]
-    rec["metrics"]["processes"] = {"requested": len(medians), "measured": len(medians), "note": "",
-                                   "series": {"forward_ms": spread.series_spread(per_process)}}
+    rec["metrics"]["processes"] = {
+        "requested": len(medians),
+        "measured": len(medians),
+        "note": "",
+        "series": {"forward_ms": spread.series_spread(per_process)},
+    }
     return rec
 
 
@@ -47,8 +52,10 @@ def test_an_eight_percent_drift_within_a_nine_percent_process_spread_is_not_a_re
     assert row["p_value"] < 0.01  # the pooled rank test alone would call this drift a regression
     assert row["verdict"] == "inconclusive" and row["noisy"] and result["regressions"] == 0
     assert row["p_processes"] >= 0.01 and abs(row["spread"] - 0.16 / 1.78) < 0.01
-    assert f"between-process spread {row['spread']:.1%} exceeds the 5.0% minimum effect: too noisy to compare; " \
-           "use llmcheck ab" in row["note"]
+    assert (
+        f"between-process spread {row['spread']:.1%} exceeds the 5.0% minimum effect: too noisy to compare; "
+        "use llmcheck ab" in row["note"]
+    )
     assert any("too noisy to compare" in w and "llmcheck ab" in w for w in result["warnings"])
 
 
@@ -114,7 +121,9 @@ def test_reports_without_per_process_data_compare_as_before():
     for rec in (base, head):
         del rec["metrics"]["processes"]
     row, result = samples_row(base, head)
-    assert row["verdict"] == "regression" and "spread" not in row and "noisy" not in row  # the pooled rank test, as today
+    assert (
+        row["verdict"] == "regression" and "spread" not in row and "noisy" not in row
+    )  # the pooled rank test, as today
     assert result["regressions"] == 1 and not any("too noisy" in w for w in result["warnings"])
     one_side = spread_record(DRIFTING, seed=1)  # per-process data on one side only: judged as before too
     row, _ = samples_row(one_side, head)
@@ -129,8 +138,9 @@ def test_a_metric_threshold_is_confirmed_only_across_processes():
     metric = next(r for r in result["rows"] if r["kind"] == "metric" and r["name"] == "forward.median_ms")
     assert metric["verdict"] == "inconclusive" and "too noisy to compare" in metric["note"]
     assert result["regressions"] == 0
-    tight = compare.compare(document([spread_record(TIGHT, seed=3)]),
-                            document([spread_record([m * 1.30 for m in TIGHT], seed=4)]), rules)
+    tight = compare.compare(
+        document([spread_record(TIGHT, seed=3)]), document([spread_record([m * 1.30 for m in TIGHT], seed=4)]), rules
+    )
     metric = next(r for r in tight["rows"] if r["kind"] == "metric" and r["name"] == "forward.median_ms")
     assert metric["verdict"] == "regression" and "Welch p" in metric["note"]
 

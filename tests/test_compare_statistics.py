@@ -9,16 +9,19 @@ import random
 from pathlib import Path
 
 import pytest
+from report_data import document, record
 
 from llmcheck.reports import compare
-from report_data import document, record
 
 RUNS = json.loads((Path(__file__).parent / "data" / "recorded_forward_ms.json").read_text())["processes"]
 
 
 def verdict(base: list[float], head: list[float], **rules) -> dict:
-    result = compare.compare(document([record("latency", samples={"forward_ms": base})]),
-                             document([record("latency", samples={"forward_ms": head})]), compare.Rules(**rules))
+    result = compare.compare(
+        document([record("latency", samples={"forward_ms": base})]),
+        document([record("latency", samples={"forward_ms": head})]),
+        compare.Rules(**rules),
+    )
     return next(r for r in result["rows"] if r["kind"] == "samples")
 
 

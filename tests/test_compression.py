@@ -18,10 +18,11 @@ def one_thread(monkeypatch):
     against each other (a LayerNorm of 8x16x32 took 8 ms with 2 threads, 0.1 ms with 1, at load 9)."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
+
 # A per-token MLP language model whose hidden layer can carry outlier features. ReLU(s*z) = s*ReLU(z)
 # for s > 0, so making a few hidden channels 100x larger and the next layer's matching input columns
 # 100x smaller leaves the fp32 function as it was, the way outlier features sit in trained LLMs.
-RELU_LM = '''
+RELU_LM = """
 import torch
 import torch.nn as nn
 import llmcheck
@@ -62,9 +63,11 @@ def plant_outliers(model, channels=(0, 1, 2), scale=100.0):
             block.fc1.bias[list(channels)] *= scale
             block.fc2.weight[:, list(channels)] /= scale
     return model
-'''
+"""
 
-OUTLIERS = RELU_LM + '''
+OUTLIERS = (
+    RELU_LM
+    + """
 
 @llmcheck.model(causal=True, vocab_size=V, max_seq_len=T)
 def plain():
@@ -74,7 +77,8 @@ def plain():
 @llmcheck.model(causal=True, vocab_size=V, max_seq_len=T)
 def with_outliers():
     return plant_outliers(ReluLM())
-'''
+"""
+)
 
 
 def by_model(result) -> dict:
@@ -99,7 +103,9 @@ def test_planted_outliers_leave_the_fp32_function_unchanged():
 
 
 def test_outlier_features_fail_int8_dynamic_quantization_while_the_same_model_without_them_passes(run_llmcheck):
-    result = run_llmcheck(OUTLIERS, "-k", "compression", "--llmcheck-set", 'compression.variants=["int8_dynamic"]', *QUICK)
+    result = run_llmcheck(
+        OUTLIERS, "-k", "compression", "--llmcheck-set", 'compression.variants=["int8_dynamic"]', *QUICK
+    )
     found = by_model(result)
     assert found["plain"]["status"] == "passed", found["plain"]["message"]
     outlier = found["with_outliers"]
@@ -115,7 +121,7 @@ def test_outlier_features_fail_int8_dynamic_quantization_while_the_same_model_wi
 
 
 # GPT-2 from transformers: its attention and MLP are transformers' Conv1D, not nn.Linear.
-GPT2 = '''
+GPT2 = """
 import llmcheck
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -123,10 +129,12 @@ from transformers import GPT2Config, GPT2LMHeadModel
 @llmcheck.model
 def tiny_gpt2():
     return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=32))
-'''
+"""
 
 
-@pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="needs transformers (pip install llmcheck[hf])")
+@pytest.mark.skipif(
+    importlib.util.find_spec("transformers") is None, reason="needs transformers (pip install llmcheck[hf])"
+)
 def test_int8_dynamic_quantization_that_skips_gpt2_conv1d_layers_fails_coverage(run_llmcheck):
     result = run_llmcheck(GPT2, "-k", "compression", "--llmcheck-set", 'compression.variants=["int8_dynamic"]', *QUICK)
     record = by_model(result)["tiny_gpt2"]
@@ -140,16 +148,23 @@ def test_int8_dynamic_quantization_that_skips_gpt2_conv1d_layers_fails_coverage(
 
 
 def test_on_the_example_model_half_precision_and_light_pruning_pass_and_heavy_pruning_fails(run_llmcheck):
-    settings = ('compression.variants=["fp16", "bf16", "prune_unstructured", "prune_structured"]',
-                "compression.sparsities=[0.05, 0.9]")
+    settings = (
+        'compression.variants=["fp16", "bf16", "prune_unstructured", "prune_structured"]',
+        "compression.sparsities=[0.05, 0.9]",
+    )
     args = [arg for s in settings for arg in ("--llmcheck-set", s)]
     result = run_llmcheck(EXAMPLE.read_text(), "-k", "compression and not finetune", *args, *QUICK)
     record = by_model(result)["tiny_gpt"]
     table = rows(record)
     verdicts = {name: row["verdict"] for name, row in table.items()}
-    assert verdicts == {"fp16": "passed", "bf16": "passed", "prune_unstructured@0.05": "passed",
-                        "prune_unstructured@0.9": "failed", "prune_structured@0.05": "failed",
-                        "prune_structured@0.9": "failed"}, record["message"]
+    assert verdicts == {
+        "fp16": "passed",
+        "bf16": "passed",
+        "prune_unstructured@0.05": "passed",
+        "prune_unstructured@0.9": "failed",
+        "prune_structured@0.05": "failed",
+        "prune_structured@0.9": "failed",
+    }, record["message"]
     assert record["status"] == "failed"
     assert "prune_unstructured@0.9: " in record["message"] and "prune_unstructured@0.05:" not in record["message"]
     assert "fp16:" not in record["message"] and "bf16:" not in record["message"]
@@ -159,7 +174,9 @@ def test_on_the_example_model_half_precision_and_light_pruning_pass_and_heavy_pr
     assert table["prune_unstructured@0.9"]["size_ratio"] == pytest.approx(1.0, abs=0.01)
 
 
-STUDENTS = RELU_LM + '''
+STUDENTS = (
+    RELU_LM
+    + '''
 
 def distil(teacher, student, steps=60):
     """Train ``student`` on the teacher's softened next-token distributions over random tokens."""
@@ -208,6 +225,7 @@ def held_out():
     for _ in range(4):
         yield torch.randint(0, V, (4, 16), generator=generator)
 '''
+)
 
 
 def test_a_distilled_student_is_judged_on_its_accuracy_gap_size_and_speed(run_llmcheck):
@@ -232,11 +250,11 @@ def test_a_distilled_student_is_judged_on_its_accuracy_gap_size_and_speed(run_ll
 def test_torchao_variants_skip_naming_the_extra_to_install(tmp_path, monkeypatch):
     # In-process (no worker): the check's measure on a Target, as the worker would call it.
     pytest.importorskip("torch")
-    from llmcheck.checks.compression import CHECK
+    from llmcheck.checks.compression.check import CHECK
     from llmcheck.context import Context
     from llmcheck.results import Skip
     from llmcheck.settings import Params
-    from llmcheck.target import Target, load_declarations
+    from llmcheck.target.model import Target, load_declarations
 
     path = tmp_path / "outliers.py"
     path.write_text(OUTLIERS)
@@ -246,5 +264,7 @@ def test_torchao_variants_skip_naming_the_extra_to_install(tmp_path, monkeypatch
     params = Params({k: p.default for k, p in CHECK.params.items()}, variants=["torchao_int8", "torchao_int4"])
     with pytest.raises(Skip) as info:
         CHECK.measure(Context(target, tmp_path, lambda message: None), params)
-    assert str(info.value).startswith("no variant applies: torchao_int8, torchao_int4 skipped: torchao is not importable")
+    assert str(info.value).startswith(
+        "no variant applies: torchao_int8, torchao_int4 skipped: torchao is not importable"
+    )
     assert str(info.value).endswith("pip install llmcheck[torchao]")

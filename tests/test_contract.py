@@ -9,8 +9,17 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tiny_gpt.py"
 
 
 def test_the_example_model_passes_every_check(pytester):
-    result = pytester.runpytest("--llmcheck", str(EXAMPLE), "-p", "no:cacheprovider", "-rs", "--llmcheck-json", "r.json",
-                                "--llmcheck-set", "latency.processes=1")  # spreading: test_performance_processes.py
+    result = pytester.runpytest(
+        "--llmcheck",
+        str(EXAMPLE),
+        "-p",
+        "no:cacheprovider",
+        "-rs",
+        "--llmcheck-json",
+        "r.json",
+        "--llmcheck-set",
+        "latency.processes=1",
+    )  # spreading: test_performance_processes.py
     assert result.ret == 0
     records = json.loads((pytester.path / "r.json").read_text())["results"]
     assert {r["status"] for r in records} <= {"passed", "skipped"}
@@ -32,43 +41,54 @@ def test_item_ids_read_file_model_check_and_k_selects(run_llmcheck):
 
 def test_a_file_without_models_shows_a_five_line_example(run_llmcheck):
     result = run_llmcheck("import torch\n\ndef build():\n    return torch.nn.Linear(2, 2)\n")
-    result.stdout.fnmatch_lines(["*declares no model*", "*@llmcheck.model(causal=True, vocab_size=256, max_seq_len=128)*",
-                                 "*def my_model():*"])
+    result.stdout.fnmatch_lines(
+        ["*declares no model*", "*@llmcheck.model(causal=True, vocab_size=256, max_seq_len=128)*", "*def my_model():*"]
+    )
     assert result.ret != 0
 
 
 def test_a_factory_that_raises_errors_its_items_with_its_traceback_and_other_models_still_run(run_llmcheck):
-    source = CLEAN + '''
+    source = (
+        CLEAN
+        + """
 @llmcheck.model(causal=True, vocab_size=V, max_seq_len=T)
 def broken():
     raise RuntimeError("weights file missing")
-'''
+"""
+    )
     result = run_llmcheck(source, "-k", "eval or gradient")
     result.assert_outcomes(passed=2, failed=2)
-    result.stdout.fnmatch_lines(["*?error? model factory broken() raised RuntimeError: weights file missing*",
-                                 '*model.py", line *, in broken*'])
+    result.stdout.fnmatch_lines(
+        ["*?error? model factory broken() raised RuntimeError: weights file missing*", '*model.py", line *, in broken*']
+    )
     broken = [r for r in result.report["results"] if r["model"] == "broken"]
     assert {r["status"] for r in broken} == {"error"}
     assert "llmcheck/" not in broken[0]["trace"]  # the user's frames, not ours
 
 
 def test_inputs_of_the_wrong_type_name_what_was_returned(run_llmcheck):
-    source = CLEAN + '''
+    source = (
+        CLEAN
+        + """
 @llmcheck.inputs
 def batch(batch_size, seq_len):
     return [[1, 2, 3]] * batch_size
-'''
+"""
+    )
     result = run_llmcheck(source, "-k", "eval")
     result.stdout.fnmatch_lines(["*@llmcheck.inputs batch(2, 16) returned list; expected a Mapping of tensors*"])
     assert result.by_check["eval"]["status"] == "error"
 
 
 def test_inputs_with_the_wrong_batch_dimension_name_the_tensor_and_shape(run_llmcheck):
-    source = CLEAN + '''
+    source = (
+        CLEAN
+        + """
 @llmcheck.inputs
 def batch(batch_size, seq_len):
     return {"idx": torch.zeros(seq_len, batch_size, dtype=torch.long)}
-'''
+"""
+    )
     result = run_llmcheck(source, "-k", "eval")
     result.stdout.fnmatch_lines(["*returned idx of shape [[]16, 2]; its first dimension must be the batch size 2*"])
 
@@ -84,11 +104,11 @@ def test_a_model_file_named_like_a_test_module_is_imported_once_in_the_worker_on
 
 
 def test_the_pytest_process_never_imports_torch(pytester):
-    pytester.makeconftest('''
+    pytester.makeconftest("""
 import sys
 def pytest_sessionfinish(session):
     open("torch-in-parent.txt", "w").write(str("torch" in sys.modules))
-''')
+""")
     (pytester.path / "model.py").write_text(CLEAN)
     result = pytester.runpytest_subprocess("--llmcheck", "model.py", "-p", "no:cacheprovider", "-k", "eval")
     result.assert_outcomes(passed=1)
@@ -96,9 +116,13 @@ def pytest_sessionfinish(session):
 
 
 def test_junit_xml_and_exitfirst_keep_their_pytest_meaning(run_llmcheck):
-    source = variant("self.head = nn.Linear(D, V, bias=False)",
-                     "self.head = nn.Linear(D, V, bias=False)\n        self.unused = nn.Linear(D, D)")
-    result = run_llmcheck(source, "-x", "--junitxml", "out.xml", "-k", "checkpoint or eval or frozen or gradient or resume")
+    source = variant(
+        "self.head = nn.Linear(D, V, bias=False)",
+        "self.head = nn.Linear(D, V, bias=False)\n        self.unused = nn.Linear(D, D)",
+    )
+    result = run_llmcheck(
+        source, "-x", "--junitxml", "out.xml", "-k", "checkpoint or eval or frozen or gradient or resume"
+    )
     # checkpoint and eval pass, frozen is skipped (nothing frozen), gradient fails and -x stops before resume
     result.assert_outcomes(passed=2, failed=1, skipped=1)
     assert "resume" not in result.by_check
@@ -107,8 +131,10 @@ def test_junit_xml_and_exitfirst_keep_their_pytest_meaning(run_llmcheck):
 
 
 def test_last_failed_reruns_only_the_failing_check(pytester):
-    source = variant("self.head = nn.Linear(D, V, bias=False)",
-                     "self.head = nn.Linear(D, V, bias=False)\n        self.unused = nn.Linear(D, D)")
+    source = variant(
+        "self.head = nn.Linear(D, V, bias=False)",
+        "self.head = nn.Linear(D, V, bias=False)\n        self.unused = nn.Linear(D, D)",
+    )
     (pytester.path / "model.py").write_text(source)
     first = pytester.runpytest("--llmcheck", "model.py", "-k", "eval or gradient")
     first.assert_outcomes(passed=1, failed=1)

@@ -102,13 +102,16 @@ def test_it_trains_a_tiny_student_toward_its_teacher():
     assert gap() < before / 5
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: loss(torch.zeros(2, 3), torch.zeros(2, 4)), "student logits [2, 3] and teacher logits [2, 4]"),
-    (lambda: loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(3, dtype=torch.long)), "labels [3] must match"),
-    (lambda: loss(torch.zeros(2, 3), torch.zeros(2, 3), temperature=0), "temperature = 0: expected a number > 0"),
-    (lambda: loss(torch.zeros(2, 3), torch.zeros(2, 3), alpha=1.5), "alpha = 1.5: expected a weight in [0, 1]"),
-    (lambda: loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.full((2,), -100)), "every label is ignore_index"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: loss(torch.zeros(2, 3), torch.zeros(2, 4)), "student logits [2, 3] and teacher logits [2, 4]"),
+        (lambda: loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(3, dtype=torch.long)), "labels [3] must match"),
+        (lambda: loss(torch.zeros(2, 3), torch.zeros(2, 3), temperature=0), "temperature = 0: expected a number > 0"),
+        (lambda: loss(torch.zeros(2, 3), torch.zeros(2, 3), alpha=1.5), "alpha = 1.5: expected a weight in [0, 1]"),
+        (lambda: loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.full((2,), -100)), "every label is ignore_index"),
+    ],
+)
 def test_bad_arguments_say_what_was_passed(call, message):
     with pytest.raises(ValueError) as info:
         call()

@@ -65,11 +65,16 @@ def test_a_branch_on_the_data_is_no_rank_dependence_and_is_named_in_a_note(run_l
 
 
 def test_a_parameter_left_unused_fails_with_its_name(run_llmcheck):
-    source = variant("        self.head = nn.Linear(D, V, bias=False)\n",
-                     "        self.head = nn.Linear(D, V, bias=False)\n        self.spare = nn.Linear(D, D)\n")
+    source = variant(
+        "        self.head = nn.Linear(D, V, bias=False)\n",
+        "        self.head = nn.Linear(D, V, bias=False)\n        self.spare = nn.Linear(D, D)\n",
+    )
     r = run_llmcheck(source, *ONLY).by_check["distributed"]
     assert r["status"] == "failed", r["message"]
-    assert "parameters spare.weight, spare.bias received no gradient on rank(s) 0, 1: DDP would flag them as unused" in r["message"]
+    assert (
+        "parameters spare.weight, spare.bias received no gradient on rank(s) 0, 1: DDP would flag them as unused"
+        in r["message"]
+    )
     assert r["metrics"]["unused"] == {"spare.weight": [0, 1], "spare.bias": [0, 1]}
 
 
@@ -79,9 +84,11 @@ def test_a_rank_that_skips_a_collective_is_caught_with_each_ranks_stack_and_no_p
     r = run_llmcheck(source, *ONLY, "--llmcheck-set", "distributed.collective_timeout=5").by_check["distributed"]
     assert r["status"] == "failed", r["message"]
     message = r["message"]
-    assert message.startswith("collective hang: the DDP step on 2 gloo ranks did not finish within "
-                              "collective_timeout 5 s after every rank joined; rank 0 stuck at model.py:39 in forward "
-                              "(phase forward); rank 1 stuck at ")
+    assert message.startswith(
+        "collective hang: the DDP step on 2 gloo ranks did not finish within "
+        "collective_timeout 5 s after every rank joined; rank 0 stuck at model.py:39 in forward "
+        "(phase forward); rank 1 stuck at "
+    )
     assert "(phase backward)" in message and "every rank was killed" in message
     for rank in (0, 1):
         assert f"--- rank {rank} pid " in message
@@ -92,7 +99,7 @@ def test_a_rank_that_skips_a_collective_is_caught_with_each_ranks_stack_and_no_p
 
 
 def test_nccl_is_chosen_only_with_one_gpu_per_rank():
-    from llmcheck.ddp_rank import choose_backend
+    from llmcheck.checks.distributed.rank import choose_backend
 
     assert choose_backend("cpu", 0, 2) == ("gloo", "")
     assert choose_backend("cuda", 8, 8) == ("nccl", "")
@@ -115,9 +122,27 @@ def test_a_model_without_trainable_parameters_skips_with_the_reason(run_llmcheck
 def test_the_documented_torchrun_command_runs_the_check_on_two_cpu_ranks(tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "llmcheck.ddp_rank", str(EXAMPLE), "--out", str(out)],
-                          check=False, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "llmcheck.ddp_rank",
+            str(EXAMPLE),
+            "--out",
+            str(out),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "llmcheck distributed: PASSED: DDP on 2 gloo ranks (2 rows each) equals one process" in proc.stdout
     assert {p.name for p in out.iterdir()} >= {"rank0.safetensors", "rank1.safetensors", "gathered.json", "report.json"}
@@ -127,22 +152,35 @@ def test_a_forward_that_raises_on_one_rank_only_fails_naming_that_rank_and_line(
     source = variant(LOOP, RANK_1 + "            raise RuntimeError('boom on rank 1')\n" + LOOP)
     r = run_llmcheck(source, *ONLY).by_check["distributed"]
     assert r["status"] == "failed", r["message"]
-    assert r["message"].startswith("rank 1 failed first: exited with exit status 1 in phase forward: forward of tiny "
-                                   "raised RuntimeError: boom on rank 1 (at model.py:39 in forward); rank 0 ")
+    assert r["message"].startswith(
+        "rank 1 failed first: exited with exit status 1 in phase forward: forward of tiny "
+        "raised RuntimeError: boom on rank 1 (at model.py:39 in forward); rank 0 "
+    )
     assert not _processes_mentioning(str(pytester.path / "model.py"))
 
 
 def test_the_tolerance_follows_the_dtype_and_the_worst_parameter_is_named():
-    from llmcheck.checks.distributed import judge
+    from llmcheck.checks.distributed.check import judge
 
-    metrics = {"outcome": "finished", "world_size": 2, "backend": "gloo", "per_rank_batch": 2, "parameters": 2,
-               "grad": {"a.weight": [1e-3, 0.5], "b.bias": [1e-9, 0.1]}, "param": {"a.weight": [0.0, 1.0], "b.bias": [0.0, 1.0]},
-               "unused": {}, "grad_presence_differs": {}, "lines": {"same_on_all": 3, "divergent": []},
-               "shard_lines": {"same_on_all": 3, "divergent": []}}
+    metrics = {
+        "outcome": "finished",
+        "world_size": 2,
+        "backend": "gloo",
+        "per_rank_batch": 2,
+        "parameters": 2,
+        "grad": {"a.weight": [1e-3, 0.5], "b.bias": [1e-9, 0.1]},
+        "param": {"a.weight": [0.0, 1.0], "b.bias": [0.0, 1.0]},
+        "unused": {},
+        "grad_presence_differs": {},
+        "lines": {"same_on_all": 3, "divergent": []},
+        "shard_lines": {"same_on_all": 3, "divergent": []},
+    }
     p = SimpleNamespace(rtol=0.0, atol=0.0)
     assert judge({**metrics, "dtype": "bfloat16"}, p).status == "passed"
     verdict = judge({**metrics, "dtype": "float32"}, p)
     assert verdict.status == "failed"
-    assert verdict.message == ("DDP on 2 gloo ranks: gradient of a.weight differs from one process on the whole batch: "
-                               "max |Δ| = 0.001 > 1e-07 + 1e-05 × max |ref| 0.5 = 5.1e-06")
+    assert verdict.message == (
+        "DDP on 2 gloo ranks: gradient of a.weight differs from one process on the whole batch: "
+        "max |Δ| = 0.001 > 1e-07 + 1e-05 × max |ref| 0.5 = 5.1e-06"
+    )
     assert judge({**metrics, "dtype": "float32"}, SimpleNamespace(rtol=0.01, atol=0.0)).status == "passed"

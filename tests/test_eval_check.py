@@ -11,10 +11,14 @@ def test_a_clean_model_passes_eval(run_llmcheck):
 
 def test_dropout_left_active_in_eval_fails_naming_the_module(run_llmcheck):
     source = variant("self.drop = nn.Dropout(0.1)", "self.drop = AlwaysDropout(0.1)")
-    source = source.replace("class Block(nn.Module):", "class AlwaysDropout(nn.Module):\n"
-                            "    def __init__(self, p):\n        super().__init__()\n        self.p = p\n\n"
-                            "    def forward(self, x):\n        return F.dropout(x, self.p, training=True)\n\n\n"
-                            "class Block(nn.Module):", 1)
+    source = source.replace(
+        "class Block(nn.Module):",
+        "class AlwaysDropout(nn.Module):\n"
+        "    def __init__(self, p):\n        super().__init__()\n        self.p = p\n\n"
+        "    def forward(self, x):\n        return F.dropout(x, self.p, training=True)\n\n\n"
+        "class Block(nn.Module):",
+        1,
+    )
     record = run_llmcheck(source, "-k", "eval").by_check["eval"]
     assert record["status"] == "failed"
     assert "two eval forwards: outputs differ" in record["message"]
@@ -22,10 +26,12 @@ def test_dropout_left_active_in_eval_fails_naming_the_module(run_llmcheck):
 
 
 def test_a_train_override_that_leaves_a_trace_fails_the_toggle_comparison(run_llmcheck):
-    source = variant("    def forward(self, idx):\n",
-                     "    def train(self, mode=True):\n        if mode:\n            with torch.no_grad():\n"
-                     "                self.head.weight.mul_(1.01)\n        return super().train(mode)\n\n"
-                     "    def forward(self, idx):\n")
+    source = variant(
+        "    def forward(self, idx):\n",
+        "    def train(self, mode=True):\n        if mode:\n            with torch.no_grad():\n"
+        "                self.head.weight.mul_(1.01)\n        return super().train(mode)\n\n"
+        "    def forward(self, idx):\n",
+    )
     record = run_llmcheck(source, "-k", "eval").by_check["eval"]
     assert record["status"] == "failed"
     assert "before vs after model.train(); model.eval(): outputs differ" in record["message"]
@@ -33,9 +39,11 @@ def test_a_train_override_that_leaves_a_trace_fails_the_toggle_comparison(run_ll
 
 
 def test_a_submodule_that_ignores_eval_is_named(run_llmcheck):
-    source = variant("    def forward(self, x):\n        q, k, v",
-                     "    def train(self, mode=True):\n        return self  # never propagates the mode\n\n"
-                     "    def forward(self, x):\n        q, k, v")
+    source = variant(
+        "    def forward(self, x):\n        q, k, v",
+        "    def train(self, mode=True):\n        return self  # never propagates the mode\n\n"
+        "    def forward(self, x):\n        q, k, v",
+    )
     record = run_llmcheck(source, "-k", "eval").by_check["eval"]
     assert record["status"] == "failed"
     assert "after model.eval() these modules still have training=True: blocks.0" in record["message"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-
 from model_sources import CLEAN
 
 PARTS = {"interpreter", "import_torch", "import_model", "construct", "load", "first_forward"}
@@ -27,8 +26,16 @@ def test_coldstart_reports_import_construct_load_and_first_forward_against_a_war
     assert all(v > 0 for v in parts.values())
     assert r["metrics"]["first_output_s"] == pytest.approx(sum(parts.values()))
     assert r["metrics"]["warm_forward_s"] > 0 and r["metrics"]["weights_format"] == "safetensors"
-    for label in ("interpreter start", "import torch", "import model file", "construct", "load checkpoint",
-                  "first forward", "warm forward", "slowest part: "):
+    for label in (
+        "interpreter start",
+        "import torch",
+        "import model file",
+        "construct",
+        "load checkpoint",
+        "first forward",
+        "warm forward",
+        "slowest part: ",
+    ):
         assert label in r["message"]
     assert set(r["samples"]) == {f"{name}_s" for name in PARTS | {"warm_forward"}}
 
@@ -36,8 +43,14 @@ def test_coldstart_reports_import_construct_load_and_first_forward_against_a_war
 def test_a_cold_start_over_max_first_output_s_fails_naming_its_slowest_part():
     from llmcheck.checks.coldstart import judge
 
-    parts = {"interpreter": 0.05, "import_torch": 1.5, "import_model": 2.5, "construct": 0.2, "load": 0.01,
-             "first_forward": 0.3}
+    parts = {
+        "interpreter": 0.05,
+        "import_torch": 1.5,
+        "import_model": 2.5,
+        "construct": 0.2,
+        "load": 0.01,
+        "first_forward": 0.3,
+    }
     metrics = {"parts_s": parts, "first_output_s": sum(parts.values()), "repeats": 1, "warm_forward_s": 0.01}
     verdict = judge(metrics, SimpleNamespace(max_first_output_s=2.0))
     assert verdict.status == "failed"
@@ -46,8 +59,17 @@ def test_a_cold_start_over_max_first_output_s_fails_naming_its_slowest_part():
 
 
 def test_a_factory_that_stalls_at_construction_fails_a_cold_start_budget_naming_construction(run_llmcheck):
-    source = CLEAN.replace("def tiny():\n    return TinyLM()", "def tiny():\n    import time\n    time.sleep(8)\n    return TinyLM()")
-    r = run_llmcheck(source, "-k", "coldstart", "--llmcheck-set", "coldstart.max_first_output_s=7",
-                     "--llmcheck-set", "coldstart.timeout=600").by_check["coldstart"]
+    source = CLEAN.replace(
+        "def tiny():\n    return TinyLM()", "def tiny():\n    import time\n    time.sleep(8)\n    return TinyLM()"
+    )
+    r = run_llmcheck(
+        source,
+        "-k",
+        "coldstart",
+        "--llmcheck-set",
+        "coldstart.max_first_output_s=7",
+        "--llmcheck-set",
+        "coldstart.timeout=600",
+    ).by_check["coldstart"]
     assert r["status"] == "failed", r["message"]
     assert "> max_first_output_s 7 s" in r["message"] and "slowest part: construct" in r["message"]

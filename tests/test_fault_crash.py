@@ -8,10 +8,11 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-
 from model_sources import CLEAN
 
-CRASHING_DATA = CLEAN + '''
+CRASHING_DATA = (
+    CLEAN
+    + """
 
 import os
 
@@ -31,10 +32,21 @@ def exits_mid_pass():
 def aborts_mid_pass():
     yield torch.randint(0, V, (2, 8))
     os.abort()  # SIGABRT: a C library's assert() looks the same
-'''
+"""
+)
 
-ARGS = ("-k", "hang or memory", "--llmcheck-set", "memory.batch_sizes=[1]", "--llmcheck-set", "memory.seq_lens=[8]",
-        "--llmcheck-set", "memory.max_batch_size=2", "--llmcheck-set", "memory.mode=inference")
+ARGS = (
+    "-k",
+    "hang or memory",
+    "--llmcheck-set",
+    "memory.batch_sizes=[1]",
+    "--llmcheck-set",
+    "memory.seq_lens=[8]",
+    "--llmcheck-set",
+    "memory.max_batch_size=2",
+    "--llmcheck-set",
+    "memory.mode=inference",
+)
 
 
 @pytest.fixture(autouse=True)

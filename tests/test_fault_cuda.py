@@ -5,15 +5,18 @@ memory snapshot attached, and the largest batch found through real CUDA out-of-m
 from __future__ import annotations
 
 import pytest
-
 from model_sources import variant
 
 torch = pytest.importorskip("torch")
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)"
+)
 
 CUDA_LEAK = variant(
-    "        q, k, v = self.qkv(", "        self.seen.append(x.detach())\n        q, k, v = self.qkv(",
-    variant("        self.drop = nn.Dropout(0.1)\n", "        self.drop = nn.Dropout(0.1)\n        self.seen = []\n"))
+    "        q, k, v = self.qkv(",
+    "        self.seen.append(x.detach())\n        q, k, v = self.qkv(",
+    variant("        self.drop = nn.Dropout(0.1)\n", "        self.drop = nn.Dropout(0.1)\n        self.seen = []\n"),
+)
 
 # Each sample needs 8 GiB of device memory: the search meets real CUDA out-of-memory errors.
 EIGHT_GIB_PER_SAMPLE = variant(
@@ -37,9 +40,19 @@ def test_a_cuda_leak_is_caught_in_memory_allocated_with_a_snapshot(run_llmcheck)
 
 
 def test_the_largest_batch_is_found_through_real_cuda_out_of_memory_errors(run_llmcheck):
-    result = run_llmcheck(EIGHT_GIB_PER_SAMPLE, "-k", "memory or resume", "--llmcheck-device", "cuda",
-                          "--llmcheck-set", "memory.batch_sizes=[1]", "--llmcheck-set", "memory.seq_lens=[8]",
-                          "--llmcheck-set", "memory.mode=inference")
+    result = run_llmcheck(
+        EIGHT_GIB_PER_SAMPLE,
+        "-k",
+        "memory or resume",
+        "--llmcheck-device",
+        "cuda",
+        "--llmcheck-set",
+        "memory.batch_sizes=[1]",
+        "--llmcheck-set",
+        "memory.seq_lens=[8]",
+        "--llmcheck-set",
+        "memory.mode=inference",
+    )
     memory = result.by_check["memory"]
     assert memory["status"] == "passed", memory["message"]
     total = torch.cuda.mem_get_info()[1]

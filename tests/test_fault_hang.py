@@ -11,10 +11,11 @@ from types import SimpleNamespace
 
 import psutil
 import pytest
-
 from model_sources import CLEAN
 
-DATA = CLEAN + '''
+DATA = (
+    CLEAN
+    + """
 
 import os
 import threading
@@ -52,7 +53,8 @@ def healthy_loader():
 @llmcheck.eval_data(models="stuck")
 def deadlocking_loader():
     return torch.utils.data.DataLoader(Tokens(stuck_at=5), batch_size=2, num_workers=2)
-'''
+"""
+)
 
 
 @pytest.fixture(autouse=True)
@@ -70,8 +72,11 @@ def _pgid(pid: int) -> int | None:
 
 def _survivors(pgids: set[int], pids: set[int]) -> list[int]:
     """Running processes (zombies are dead) with one of ``pids`` or in one of ``pgids``."""
-    return [proc.pid for proc in psutil.process_iter(["status"])
-            if proc.info["status"] != psutil.STATUS_ZOMBIE and (proc.pid in pids or _pgid(proc.pid) in pgids)]
+    return [
+        proc.pid
+        for proc in psutil.process_iter(["status"])
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and (proc.pid in pids or _pgid(proc.pid) in pgids)
+    ]
 
 
 def _by_model(result, check: str) -> dict:

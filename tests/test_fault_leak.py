@@ -6,7 +6,6 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-
 from model_sources import CLEAN, variant
 
 # Imported here, not first inside a test: pytester's in-process runs restore sys.modules after
@@ -23,18 +22,25 @@ def one_thread(monkeypatch):
 
 # Keeps every block's input alive in a list: 2 blocks x float32[2, 16, 32] = 8 KiB per forward.
 APPENDS_ACTIVATIONS = variant(
-    "        q, k, v = self.qkv(", "        self.seen.append(x.detach())\n        q, k, v = self.qkv(",
-    variant("        self.drop = nn.Dropout(0.1)\n", "        self.drop = nn.Dropout(0.1)\n        self.seen = []\n"))
+    "        q, k, v = self.qkv(",
+    "        self.seen.append(x.detach())\n        q, k, v = self.qkv(",
+    variant("        self.drop = nn.Dropout(0.1)\n", "        self.drop = nn.Dropout(0.1)\n        self.seen = []\n"),
+)
 
 # A running statistic that is never detached: each step's graph (and the activation its pow
 # saved, 4 KiB) stays reachable from self.total.
 RUNNING_SUM = variant(
     "        for block in self.blocks:",
     "        self.total = self.total + x.pow(2).mean()\n        for block in self.blocks:",
-    variant("        self.head = nn.Linear(D, V, bias=False)\n",
-            "        self.head = nn.Linear(D, V, bias=False)\n        self.total = torch.zeros(())\n"))
+    variant(
+        "        self.head = nn.Linear(D, V, bias=False)\n",
+        "        self.head = nn.Linear(D, V, bias=False)\n        self.total = torch.zeros(())\n",
+    ),
+)
 
-GPT2 = CLEAN + '''
+GPT2 = (
+    CLEAN
+    + """
 
 @llmcheck.model
 def gpt2():
@@ -42,7 +48,8 @@ def gpt2():
 
     config = GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=128, n_positions=64, bos_token_id=0, eos_token_id=0)
     return GPT2LMHeadModel(config)
-'''
+"""
+)
 
 FAST = ("-k", "leak", "--llmcheck-set", "leak.iterations=30", "--llmcheck-set", "leak.census_points=4")
 
@@ -84,7 +91,7 @@ def test_clean_models_including_a_transformers_gpt2_pass_the_leak_check(run_llmc
 
 
 def _params(**overrides):
-    from llmcheck.checks.leak import CHECK
+    from llmcheck.checks.leak.check import CHECK
 
     values = {k: p.default for k, p in CHECK.params.items()}
     values.update(overrides)
@@ -92,14 +99,17 @@ def _params(**overrides):
 
 
 def _phase(values: list[float]) -> dict:
-    from llmcheck.checks.leak_evidence import trends
+    from llmcheck.checks.leak.evidence import trends
 
-    return {"judged": ["heap"], "trends": {"heap": trends(values, 0.99)},
-            "census_trend": {"all_deltas_positive": False, "bytes_per_iteration": 0.0}}
+    return {
+        "judged": ["heap"],
+        "trends": {"heap": trends(values, 0.99)},
+        "census_trend": {"all_deltas_positive": False, "bytes_per_iteration": 0.0},
+    }
 
 
 def test_a_one_off_step_in_memory_is_not_judged_a_leak():
-    from llmcheck.checks.leak_evidence import leaking
+    from llmcheck.checks.leak.evidence import leaking
 
     step = [0.0] * 30 + [200_000.0] * 30  # a cache filled once, half-way through the run
     assert leaking(_phase(step), _params()) == []

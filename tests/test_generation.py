@@ -5,10 +5,11 @@ the clean model passing is in test_data_check.py, and the judgements' pure parts
 from __future__ import annotations
 
 import pytest
-
-from llmcheck.checks.generation import CHECK, judge, longest_repeat
-from llmcheck.settings import Params
 from model_sources import variant
+
+from llmcheck.checks.generation.check import CHECK, judge
+from llmcheck.checks.generation.loop import longest_repeat
+from llmcheck.settings import Params
 
 HEAD = "        return self.head(x)"
 
@@ -26,26 +27,37 @@ def test_a_model_that_repeats_one_token_fails_with_a_loop_and_no_end_token(run_l
     source = variant(HEAD, "        return self.head(x) + 30.0 * F.one_hot(torch.tensor(7), V)  # stuck on token 7")
     found = generation(run_llmcheck, source, "--llmcheck-set", "generation.eos_token_id=3")
     assert found["status"] == "failed"
-    assert ("degenerate loop in sampled generation for prompt 0: token 7 repeated 24 times in a row from new token 0 "
-            "(limit 8)") in found["message"]
-    assert "sampled generation for prompt 2 produced the end token 3 never (limit 24 of 24 new tokens)" in found["message"]
+    assert (
+        "degenerate loop in sampled generation for prompt 0: token 7 repeated 24 times in a row from new token 0 "
+        "(limit 8)"
+    ) in found["message"]
+    assert (
+        "sampled generation for prompt 2 produced the end token 3 never (limit 24 of 24 new tokens)" in found["message"]
+    )
     assert found["metrics"]["sampled"]["tokens"][0] == [7] * 24
 
 
 def test_non_finite_logits_on_longer_sequences_fail_generation_at_their_step(run_llmcheck):
-    source = variant("        for block in self.blocks:",
-                     "        x = x.masked_fill((torch.arange(idx.shape[1]) >= 12)[:, None], float('nan'))\n"
-                     "        for block in self.blocks:")
+    source = variant(
+        "        for block in self.blocks:",
+        "        x = x.masked_fill((torch.arange(idx.shape[1]) >= 12)[:, None], float('nan'))\n"
+        "        for block in self.blocks:",
+    )
     found = generation(run_llmcheck, source)
     assert found["status"] == "failed"
-    assert ("non-finite logits in greedy generation at new token 5 for prompt 0 (64 values; sequence length 13)"
-            in found["message"])  # 8 prompt tokens + 5 new: position 12 is the first NaN one
+    assert (
+        "non-finite logits in greedy generation at new token 5 for prompt 0 (64 values; sequence length 13)"
+        in found["message"]
+    )  # 8 prompt tokens + 5 new: position 12 is the first NaN one
     assert "non-finite logits in sampled generation at new token 5" in found["message"]
 
 
 def test_state_carried_between_calls_fails_same_seed_same_output(run_llmcheck):
-    source = variant(HEAD, "        self.calls = getattr(self, 'calls', 0) + 1  # the bug: a counter that is never reset\n"
-                           "        return self.head(x) + 3.0 * torch.sin(self.calls + torch.arange(V))")
+    source = variant(
+        HEAD,
+        "        self.calls = getattr(self, 'calls', 0) + 1  # the bug: a counter that is never reset\n"
+        "        return self.head(x) + 3.0 * torch.sin(self.calls + torch.arange(V))",
+    )
     found = generation(run_llmcheck, source)
     assert found["status"] == "failed"
     assert "same seed, different output: prompt 0 differs at new token 0" in found["message"]
@@ -53,9 +65,11 @@ def test_state_carried_between_calls_fails_same_seed_same_output(run_llmcheck):
 
 
 def test_outputs_that_depend_on_the_other_prompts_fail_batched_equals_one_by_one(run_llmcheck):
-    source = variant("        for block in self.blocks:",
-                     "        x = x + x.mean(0, keepdim=True)  # the bug: statistics over the batch\n"
-                     "        for block in self.blocks:")
+    source = variant(
+        "        for block in self.blocks:",
+        "        x = x + x.mean(0, keepdim=True)  # the bug: statistics over the batch\n"
+        "        for block in self.blocks:",
+    )
     found = generation(run_llmcheck, source)
     assert found["status"] == "failed"
     assert "batched generation differs from one prompt at a time: prompt " in found["message"]
@@ -70,10 +84,22 @@ def test_longest_repeat_finds_the_n_gram_repeated_most_in_a_row():
 
 
 def _metrics(eos_at: list) -> dict:
-    run = {"tokens": [[1, 2, 3]] * 2, "eos_at": eos_at, "nonfinite": None,
-           "repeats": [{"repeats": 1, "n": 1, "start": 0, "gram": [1]}] * 2}
-    return {"prompts": 2, "prompt_len": 4, "max_new_tokens": 16, "config_eos": None, "greedy": run, "sampled": run,
-            "seed_mismatch": None, "batched": {"max_abs_diff": 0.0, "row": 0, "step": 0, "token_mismatch": False}}
+    run = {
+        "tokens": [[1, 2, 3]] * 2,
+        "eos_at": eos_at,
+        "nonfinite": None,
+        "repeats": [{"repeats": 1, "n": 1, "start": 0, "gram": [1]}] * 2,
+    }
+    return {
+        "prompts": 2,
+        "prompt_len": 4,
+        "max_new_tokens": 16,
+        "config_eos": None,
+        "greedy": run,
+        "sampled": run,
+        "seed_mismatch": None,
+        "batched": {"max_abs_diff": 0.0, "row": 0, "step": 0, "token_mismatch": False},
+    }
 
 
 def test_the_end_token_passes_within_its_limit_and_fails_past_it():
@@ -82,5 +108,6 @@ def test_the_end_token_passes_within_its_limit_and_fails_past_it():
     assert passed.status == "passed" and "end token 2 reached within 8 new tokens" in passed.message
     failed = judge(_metrics([1, 12]), p)
     assert failed.status == "failed"
-    assert ("sampled generation for prompt 1 produced the end token 2 only at new token 12 "
-            "(limit 8 of 16 new tokens)") in failed.message
+    assert (
+        "sampled generation for prompt 1 produced the end token 2 only at new token 12 (limit 8 of 16 new tokens)"
+    ) in failed.message

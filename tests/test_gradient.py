@@ -12,11 +12,16 @@ def test_a_clean_model_passes_gradient_with_a_norm_table(run_llmcheck):
 
 
 def test_a_dead_parameter_fails_gradient_health_by_name(run_llmcheck):
-    source = variant("self.head = nn.Linear(D, V, bias=False)",
-                     "self.head = nn.Linear(D, V, bias=False)\n        self.adapter = nn.Linear(D, D)")
+    source = variant(
+        "self.head = nn.Linear(D, V, bias=False)",
+        "self.head = nn.Linear(D, V, bias=False)\n        self.adapter = nn.Linear(D, D)",
+    )
     record = run_llmcheck(source, "-k", "gradient").by_check["gradient"]
     assert record["status"] == "failed"
-    assert "parameter adapter.weight received no gradient; parameter adapter.bias received no gradient" in record["message"]
+    assert (
+        "parameter adapter.weight received no gradient; parameter adapter.bias received no gradient"
+        in record["message"]
+    )
 
 
 def test_a_detached_branch_starves_the_parameters_before_it(run_llmcheck):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from llmcheck.hf import is_model_dir, model_name
+from llmcheck.target.hf import is_model_dir, model_name
 
 BEHAVIOUR = ("causal", "batch", "padding", "kv-cache", "fuzz")
 HARNESS = ("checkpoint", "eval", "frozen", "gradient", "resume")
@@ -25,8 +25,9 @@ def minilm() -> Path:
 
 
 def run_folder(pytester, folder: Path, *checks: str):
-    result = pytester.runpytest("--llmcheck", str(folder), "-p", "no:cacheprovider", "--llmcheck-json", "report.json",
-                                "-k", " or ".join(checks))
+    result = pytester.runpytest(
+        "--llmcheck", str(folder), "-p", "no:cacheprovider", "--llmcheck-json", "report.json", "-k", " or ".join(checks)
+    )
     report = json.loads((pytester.path / "report.json").read_text())
     result.by_check = {r["check"]: r for r in report["results"]}
     return result
@@ -47,8 +48,18 @@ def test_the_minilm_folder_passes_every_applicable_check_with_causal_ones_skippe
     assert not [c for c, r in found.items() if r["status"] not in ("passed", "skipped")], found
     for check in ("causal", "kv-cache"):
         assert found[check]["status"] == "skipped"
-        assert "needs a causal (decoder) model" in found[check]["message"] and "causal = False, from config" in found[check]["message"]
-    assert {c for c, r in found.items() if r["status"] == "passed"} >= {"batch", "padding", "fuzz", "checkpoint", "eval", "gradient"}
+        assert (
+            "needs a causal (decoder) model" in found[check]["message"]
+            and "causal = False, from config" in found[check]["message"]
+        )
+    assert {c for c, r in found.items() if r["status"] == "passed"} >= {
+        "batch",
+        "padding",
+        "fuzz",
+        "checkpoint",
+        "eval",
+        "gradient",
+    }
     assert found["causal"]["id"].endswith("model::BertModel::causal")
     assert "of max 512" in found["fuzz"]["message"] and "vocab 30522" in found["fuzz"]["message"]
 
@@ -69,12 +80,16 @@ def test_a_folder_with_bin_weights_loads_through_weights_only_and_passes(pyteste
     import torch
 
     folder = pytester.path / "gpt2_dir"
-    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=96, n_positions=32, bos_token_id=0, eos_token_id=0)
+    config = transformers.GPT2Config(
+        n_layer=2, n_embd=32, n_head=2, vocab_size=96, n_positions=32, bos_token_id=0, eos_token_id=0
+    )
     config.architectures = ["GPT2LMHeadModel"]  # what save_pretrained of the model records
     config.save_pretrained(folder)  # transformers 5 writes only safetensors; the .bin is torch.save's
     torch.save(transformers.GPT2LMHeadModel(config).state_dict(), folder / "pytorch_model.bin")
     result = run_folder(pytester, folder, "causal", "kv-cache")
-    assert {c: r["status"] for c, r in result.by_check.items()} == {"causal": "passed", "kv-cache": "passed"}, result.by_check
+    assert {c: r["status"] for c, r in result.by_check.items()} == {"causal": "passed", "kv-cache": "passed"}, (
+        result.by_check
+    )
     assert result.by_check["causal"]["id"] == "gpt2_dir::GPT2LMHeadModel::causal"
 
 
@@ -89,7 +104,7 @@ class _Payload:
 
 
 def test_a_pickle_payload_in_bin_weights_is_refused_not_run(tmp_path, transformers):
-    from llmcheck.hf import load_model
+    from llmcheck.target.hf import load_model
 
     marker = tmp_path / "payload-ran"
     transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16, n_positions=8).save_pretrained(tmp_path)
@@ -103,7 +118,7 @@ def test_a_pickle_payload_in_bin_weights_is_refused_not_run(tmp_path, transforme
 def test_the_folders_tokenizer_makes_real_text_batches(minilm, transformers):
     from transformers import AutoTokenizer
 
-    from llmcheck.hf import tokenizer_batch
+    from llmcheck.target.hf import tokenizer_batch
 
     batch = tokenizer_batch(str(minilm), 2, 12)
     assert batch["input_ids"].shape == (2, 12) and batch["attention_mask"].all()

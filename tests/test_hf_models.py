@@ -10,7 +10,7 @@ pytest.importorskip("transformers")
 
 BEHAVIOUR = ("causal", "batch", "padding", "kv-cache", "fuzz")
 
-HF_MODELS = '''
+HF_MODELS = """
 import llmcheck
 from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
@@ -40,7 +40,7 @@ def bert():
 @llmcheck.model(causal=True)
 def bert_as_decoder():  # the bug: a bidirectional encoder declared causal
     return tiny_bert()
-'''
+"""
 
 
 def test_real_architectures_from_small_configs_pass_the_behaviour_checks(run_llmcheck):
@@ -56,7 +56,12 @@ def test_real_architectures_from_small_configs_pass_the_behaviour_checks(run_llm
     assert "greedy generation of 8 tokens equal" in found["llama", "kv-cache"]["message"]
     # the encoder: causal-only checks skipped with the reason, the others pass
     assert {c: status["bert", c] for c in BEHAVIOUR} == {
-        "causal": "skipped", "kv-cache": "skipped", "batch": "passed", "padding": "passed", "fuzz": "passed"}
+        "causal": "skipped",
+        "kv-cache": "skipped",
+        "batch": "passed",
+        "padding": "passed",
+        "fuzz": "passed",
+    }
     assert "needs a causal (decoder) model" in found["bert", "causal"]["message"]
     assert "causal = False, from config" in found["bert", "causal"]["message"]
     # a bidirectional encoder declared causal: the leak is found at the first position

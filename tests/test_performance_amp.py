@@ -6,8 +6,17 @@ from model_sources import CLEAN, variant
 
 TINY = "@llmcheck.model(causal=True, vocab_size=V, max_seq_len=T)\ndef tiny():\n    return TinyLM()\n"
 
-ONLY_AMP = ("-m", "performance", "--llmcheck-set", "latency=false", "--llmcheck-set", "throughput=false",
-            "--llmcheck-set", "amp.num_threads=1", "-rA")
+ONLY_AMP = (
+    "-m",
+    "performance",
+    "--llmcheck-set",
+    "latency=false",
+    "--llmcheck-set",
+    "throughput=false",
+    "--llmcheck-set",
+    "amp.num_threads=1",
+    "-rA",
+)
 
 MODELS = '''
 import time
@@ -83,10 +92,28 @@ def test_amp_slower_fails_only_when_asked_and_only_with_confidence():
 
     p = Params({k: v.default for k, v in amp.CHECK.params.items()})
     series = {"median_ms": 2.0, "invalid_reasons": []}
-    m = {"config": {"precision": "bfloat16"}, "eps": 2**-8, "output_rtol": 0.06, "grad_rtol": 0.12,
-         "outputs": {"rel_error": 0.004, "decisive_top1_agreement": 1.0, "decisive_positions": 20, "top1_agreement": 1.0},
-         "gradients": {"rel_error": 0.005}, "speed": {"speedup": 0.5, "ci_low": 0.45, "ci_high": 0.55, "valid": True,
-                                                      "amp_slower": True, "float32": series, "bfloat16": series}}
+    m = {
+        "config": {"precision": "bfloat16"},
+        "eps": 2**-8,
+        "output_rtol": 0.06,
+        "grad_rtol": 0.12,
+        "outputs": {
+            "rel_error": 0.004,
+            "decisive_top1_agreement": 1.0,
+            "decisive_positions": 20,
+            "top1_agreement": 1.0,
+        },
+        "gradients": {"rel_error": 0.005},
+        "speed": {
+            "speedup": 0.5,
+            "ci_low": 0.45,
+            "ci_high": 0.55,
+            "valid": True,
+            "amp_slower": True,
+            "float32": series,
+            "bfloat16": series,
+        },
+    }
     assert amp.judge(m, p).status == "passed" and "AMP slower" in amp.judge(m, p).message
     assert amp.judge(m, Params({**p, "fail_if_slower": True})).status == "failed"
     unsure = {**m, "speed": {**m["speed"], "ci_high": 1.1, "amp_slower": False}}

@@ -11,8 +11,19 @@ import json
 
 from model_sources import CLEAN, variant
 
-ONLY_LATENCY = ("-m", "performance", "--llmcheck-set", "throughput=false", "--llmcheck-set", "amp=false",
-                "--llmcheck-set", "latency.num_threads=1", "--llmcheck-set", "latency.processes=1", "-rA")
+ONLY_LATENCY = (
+    "-m",
+    "performance",
+    "--llmcheck-set",
+    "throughput=false",
+    "--llmcheck-set",
+    "amp=false",
+    "--llmcheck-set",
+    "latency.num_threads=1",
+    "--llmcheck-set",
+    "latency.processes=1",
+    "-rA",
+)
 LOOSE = "'max_iqr_ratio': 100.0, 'min_valid_samples': 3"  # judge budgets even on a noisy shared machine
 
 CACHED = '''
@@ -49,7 +60,7 @@ def cached():
 '''
 
 
-SLOW = '''
+SLOW = """
 import time
 
 
@@ -63,12 +74,14 @@ class SlowLM(TinyLM):
 @llmcheck.model(causal=True, vocab_size=V, max_seq_len=T, checks={"latency": {"max_time_s": 0.05, "max_p50_ms": 100000}})
 def slow():
     return SlowLM()
-'''
+"""
 
 
 def _with_checks(source: str, model: str, checks: str) -> str:
     decl = f"@llmcheck.model(causal=True, vocab_size=V, max_seq_len=T)\ndef {model}():"
-    return variant(decl, f"@llmcheck.model(causal=True, vocab_size=V, max_seq_len=T, checks={checks})\ndef {model}():", source)
+    return variant(
+        decl, f"@llmcheck.model(causal=True, vocab_size=V, max_seq_len=T, checks={checks})\ndef {model}():", source
+    )
 
 
 def _records(result, check="latency"):
@@ -76,9 +89,16 @@ def _records(result, check="latency"):
 
 
 def test_latency_items_are_one_per_configuration_and_land_in_pytest_benchmark(run_llmcheck, pytester):
-    result = run_llmcheck(CLEAN, *ONLY_LATENCY, "--llmcheck-set", "latency.batch_sizes=[1, 2]",
-                          "--llmcheck-set", "latency.precisions=[\"float32\", \"bfloat16\", \"float16\"]",
-                          "--benchmark-json", "bench.json")
+    result = run_llmcheck(
+        CLEAN,
+        *ONLY_LATENCY,
+        "--llmcheck-set",
+        "latency.batch_sizes=[1, 2]",
+        "--llmcheck-set",
+        'latency.precisions=["float32", "bfloat16", "float16"]',
+        "--benchmark-json",
+        "bench.json",
+    )
     ids = set(_records(result))
     assert {f"tiny::latency[bs={b}-sl=16-{p}-eager]" for b in (1, 2) for p in ("float32", "bfloat16", "float16")} == ids
     result.assert_outcomes(passed=4, skipped=4)  # 2 float16 items, and throughput and amp turned off
@@ -98,8 +118,11 @@ def test_latency_items_are_one_per_configuration_and_land_in_pytest_benchmark(ru
 
 def test_budgets_per_configuration_pass_and_fail_with_the_observed_value_limit_and_configuration(run_llmcheck):
     budgets = "{'bs=1': {'max_p50_ms': 0.0001}, 'bs=2': {'max_p50_ms': 100000, 'max_peak_memory_mb': 1000000}}"
-    source = _with_checks(CLEAN, "tiny", "{'latency': {'batch_sizes': [1, 2], 'precisions': ['float32'], " + LOOSE
-                          + f", 'budgets': {budgets}}}}}")
+    source = _with_checks(
+        CLEAN,
+        "tiny",
+        "{'latency': {'batch_sizes': [1, 2], 'precisions': ['float32'], " + LOOSE + f", 'budgets': {budgets}}}}}",
+    )
     source = source.replace("checks={'latency'", "checks={'throughput': {'batch_sizes': [0]}, 'latency'")
     result = run_llmcheck(source, *ONLY_LATENCY)
     recs = _records(result)
@@ -108,14 +131,22 @@ def test_budgets_per_configuration_pass_and_fail_with_the_observed_value_limit_a
     assert "throughput.batch_sizes[0] = 0" in bad["tiny::throughput"]["message"]
     failed, passed = recs["tiny::latency[bs=1-sl=16-float32-eager]"], recs["tiny::latency[bs=2-sl=16-float32-eager]"]
     assert failed["status"] == "failed", failed["message"]
-    assert "p50 latency" in failed["message"] and "ms > 0.0001 ms (batch 1, seq 16, float32, eager)" in failed["message"]
+    assert (
+        "p50 latency" in failed["message"] and "ms > 0.0001 ms (batch 1, seq 16, float32, eager)" in failed["message"]
+    )
     assert passed["status"] == "passed" and "max_p50_ms 100000" in passed["message"]
     result.stdout.fnmatch_lines(["*[[]failed[]] p50 latency * ms > 0.0001 ms (batch 1, seq 16, float32, eager)*"])
 
 
 def test_a_slow_step_is_measured_as_slower_and_an_invalid_measurement_never_passes_a_budget(run_llmcheck):
-    result = run_llmcheck(CLEAN + SLOW, *ONLY_LATENCY, "--llmcheck-set", "latency.batch_sizes=[1]",
-                          "--llmcheck-set", "latency.precisions=[\"float32\"]")
+    result = run_llmcheck(
+        CLEAN + SLOW,
+        *ONLY_LATENCY,
+        "--llmcheck-set",
+        "latency.batch_sizes=[1]",
+        "--llmcheck-set",
+        'latency.precisions=["float32"]',
+    )
     recs = _records(result)
     fast, slow = recs["tiny::latency[bs=1-sl=16-float32-eager]"], recs["slow::latency[bs=1-sl=16-float32-eager]"]
     assert fast["status"] == "passed", fast["message"]
@@ -126,9 +157,13 @@ def test_a_slow_step_is_measured_as_slower_and_an_invalid_measurement_never_pass
 
 
 def test_a_model_with_a_cache_gets_prefill_ttft_and_decode_and_decode_budgets_fail_with_numbers(run_llmcheck):
-    source = _with_checks(CACHED.replace("def cached():", "def tiny():"), "tiny",
-                          "{'latency': {'batch_sizes': [2], 'precisions': ['float32'], 'decode_tokens': 4, " + LOOSE
-                          + ", 'min_decode_tokens_per_s': 1e12}}")
+    source = _with_checks(
+        CACHED.replace("def cached():", "def tiny():"),
+        "tiny",
+        "{'latency': {'batch_sizes': [2], 'precisions': ['float32'], 'decode_tokens': 4, "
+        + LOOSE
+        + ", 'min_decode_tokens_per_s': 1e12}}",
+    )
     result = run_llmcheck(source, *ONLY_LATENCY)
     rec = _records(result)["tiny::latency[bs=2-sl=16-float32-eager]"]
     gen = rec["metrics"]["generation"]

@@ -7,8 +7,19 @@ from pathlib import Path
 from model_sources import CLEAN
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tiny_gpt.py"
-ONLY_THROUGHPUT = ("-m", "performance", "--llmcheck-set", "latency=false", "--llmcheck-set", "amp=false",
-                   "--llmcheck-set", "throughput.num_threads=1", "--llmcheck-set", "throughput.max_time_s=0.1", "-rA")
+ONLY_THROUGHPUT = (
+    "-m",
+    "performance",
+    "--llmcheck-set",
+    "latency=false",
+    "--llmcheck-set",
+    "amp=false",
+    "--llmcheck-set",
+    "throughput.num_threads=1",
+    "--llmcheck-set",
+    "throughput.max_time_s=0.1",
+    "-rA",
+)
 
 
 def _records(result):
@@ -19,11 +30,28 @@ def test_the_sweep_gives_a_curve_and_a_knee_on_the_example_and_budgets_fail_per_
     import json
 
     budgets = '{"bs=4-bfloat16": {"min_tokens_per_s": 1e12}}'
-    pytester.runpytest("--llmcheck", str(EXAMPLE), "-p", "no:cacheprovider", "--llmcheck-json", "r.json",
-                                *ONLY_THROUGHPUT, "-k", "tiny_gpt and not finetune", "--llmcheck-set", f"throughput.budgets={budgets}",
-                                "--llmcheck-set", "throughput.max_iqr_ratio=100", "--llmcheck-set", "throughput.min_valid_samples=3")
-    recs = {r["id"].split("::", 1)[1]: r for r in json.loads((pytester.path / "r.json").read_text())["results"]
-            if r["check"] == "throughput"}
+    pytester.runpytest(
+        "--llmcheck",
+        str(EXAMPLE),
+        "-p",
+        "no:cacheprovider",
+        "--llmcheck-json",
+        "r.json",
+        *ONLY_THROUGHPUT,
+        "-k",
+        "tiny_gpt and not finetune",
+        "--llmcheck-set",
+        f"throughput.budgets={budgets}",
+        "--llmcheck-set",
+        "throughput.max_iqr_ratio=100",
+        "--llmcheck-set",
+        "throughput.min_valid_samples=3",
+    )
+    recs = {
+        r["id"].split("::", 1)[1]: r
+        for r in json.loads((pytester.path / "r.json").read_text())["results"]
+        if r["check"] == "throughput"
+    }
     fp32, bf16 = recs["tiny_gpt::throughput[float32-eager]"], recs["tiny_gpt::throughput[bfloat16-eager]"]
     assert fp32["status"] == "passed", fp32["message"]
     m = fp32["metrics"]
@@ -41,15 +69,30 @@ def test_the_sweep_gives_a_curve_and_a_knee_on_the_example_and_budgets_fail_per_
     assert 2.5 < f["train_per_token_counted"] / f["forward_per_token_counted"] < 3.5  # backward ~ 2x forward
     assert f["inference"]["mfu"] is None and "set peak_tflops" in f["peak_source"]
     assert bf16["status"] == "failed"
-    assert "inference throughput" in bf16["message"] and "tokens/s < 1e+12 tokens/s (batch 4, seq 16, bfloat16, eager)" in bf16["message"]
+    assert (
+        "inference throughput" in bf16["message"]
+        and "tokens/s < 1e+12 tokens/s (batch 4, seq 16, bfloat16, eager)" in bf16["message"]
+    )
     assert "batch 1," not in bf16["message"]  # the budget selects batch size 4 only
 
 
 def test_parallel_inference_reports_aggregate_throughput_and_scaling_efficiency(run_llmcheck):
-    result = run_llmcheck(CLEAN, *ONLY_THROUGHPUT, "--llmcheck-set", "throughput.parallel_workers=2",
-                          "--llmcheck-set", "throughput.parallel_time_s=0.3", "--llmcheck-set", "throughput.train=false",
-                          "--llmcheck-set", "throughput.batch_sizes=[1]", "--llmcheck-set", 'throughput.precisions=["float32"]',
-                          "--llmcheck-set", "throughput.peak_tflops=1.0")
+    result = run_llmcheck(
+        CLEAN,
+        *ONLY_THROUGHPUT,
+        "--llmcheck-set",
+        "throughput.parallel_workers=2",
+        "--llmcheck-set",
+        "throughput.parallel_time_s=0.3",
+        "--llmcheck-set",
+        "throughput.train=false",
+        "--llmcheck-set",
+        "throughput.batch_sizes=[1]",
+        "--llmcheck-set",
+        'throughput.precisions=["float32"]',
+        "--llmcheck-set",
+        "throughput.peak_tflops=1.0",
+    )
     rec = _records(result)["tiny::throughput[float32-eager]"]
     assert rec["status"] == "passed", rec["message"]
     par = rec["metrics"]["parallel"]

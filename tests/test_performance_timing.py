@@ -1,12 +1,12 @@
-"""The measurement method (llmcheck.timing) and the pure parts of the performance checks: intervals,
+"""The measurement method (llmcheck.measuring.timing) and the pure parts of the performance checks: intervals,
 validity, budgets per configuration, the knee. End-to-end runs live in the other test_performance files."""
 
 import time
 
 import pytest
 
-from llmcheck import perf, timing
 from llmcheck.checks import latency, throughput
+from llmcheck.measuring import perf, timing
 from llmcheck.settings import Params, SettingsError
 
 
@@ -72,12 +72,21 @@ def test_an_unknown_budget_name_is_an_error_that_lists_the_valid_ones():
 
 
 def _latency_metrics(valid: bool, budgets: dict) -> dict:
-    series = timing.Measurement([1.0] * 20 if valid else [1.0] * 3, "perf_counter", 1, {}, "time", timing.Plan()).to_metrics()
+    series = timing.Measurement(
+        [1.0] * 20 if valid else [1.0] * 3, "perf_counter", 1, {}, "time", timing.Plan()
+    ).to_metrics()
     series["tokens_per_s"] = 16000.0
-    return {"config": {"bs": 1, "sl": 16, "precision": "float32", "mode": "eager"}, "batch_size": 1, "seq_len": 16,
-            "budgets": budgets, "threads": 1,
-            "forward": series, "memory": {"peak_memory_mb": 300.0, "memory_kind": "cpu process RSS"},
-            "generation": None, "generation_note": "no cache"}
+    return {
+        "config": {"bs": 1, "sl": 16, "precision": "float32", "mode": "eager"},
+        "batch_size": 1,
+        "seq_len": 16,
+        "budgets": budgets,
+        "threads": 1,
+        "forward": series,
+        "memory": {"peak_memory_mb": 300.0, "memory_kind": "cpu process RSS"},
+        "generation": None,
+        "generation_note": "no cache",
+    }
 
 
 def test_the_judge_never_passes_a_budget_on_an_invalid_measurement():

@@ -1,11 +1,11 @@
 """Third-party checks arrive through the same entry-point group as the built-ins."""
 
 import pytest
-
-from llmcheck.registry import Check, RegistryError, load_checks
 from model_sources import CLEAN
 
-PLUGIN = '''
+from llmcheck.registry import Check, RegistryError, load_checks
+
+PLUGIN = """
 import llmcheck
 
 def measure(ctx, p):
@@ -20,7 +20,7 @@ def judge(m, p):
 CHECK = llmcheck.Check(name="param_budget", family="size", summary="parameter count within budget",
                        measure=measure, judge=judge,
                        params={"max_params": llmcheck.Param(int, 10_000_000, "largest parameter count")})
-'''
+"""
 
 
 @pytest.fixture
@@ -55,7 +55,9 @@ def test_a_third_party_check_is_collected_configured_and_run_like_a_built_in(run
 def test_a_broken_third_party_check_is_a_usage_error_naming_its_entry_point(run_llmcheck, installed_plugin):
     (installed_plugin / "param_budget_check.py").write_text("CHECK = 42\n")
     result = run_llmcheck(CLEAN)
-    result.stderr.fnmatch_lines(["*llmcheck: entry point param_budget = param_budget_check:CHECK*is int, expected an llmcheck.Check*"])
+    result.stderr.fnmatch_lines(
+        ["*llmcheck: entry point param_budget = param_budget_check:CHECK*is int, expected an llmcheck.Check*"]
+    )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
 
 

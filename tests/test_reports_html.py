@@ -12,21 +12,24 @@ from importlib.resources import files
 from pathlib import Path
 
 import pytest
-
 from chromium import needs_chromium, open_page
-from llmcheck.cli import main
-from llmcheck.reports import charts, html, json_report, plots
 from model_sources import variant
 from report_data import compression, document, gradient, latency, leak, record, showcase
 
+from llmcheck.cli import main
+from llmcheck.reports import charts, html, json_report, plots
+
 HOSTILE_NAME = "<script>alert(1)</script>"
 HOSTILE_MESSAGE = "weights mismatch </script><script>alert(2)</script>"
-HOSTILE = variant("@llmcheck.model(causal=True", f"@llmcheck.model(name={HOSTILE_NAME!r}, causal=True") + f'''
+HOSTILE = (
+    variant("@llmcheck.model(causal=True", f"@llmcheck.model(name={HOSTILE_NAME!r}, causal=True")
+    + f"""
 
 @llmcheck.model(causal=True, vocab_size=V, max_seq_len=T)
 def broken():
     raise RuntimeError({HOSTILE_MESSAGE!r})
-'''
+"""
+)
 
 
 def assert_inert(page) -> None:
@@ -54,9 +57,14 @@ def test_every_chart_kind_is_drawn_and_the_page_stays_inert(tmp_path):
     assert_inert(page)
     svgs = [a for t, a in page.tags if t == "svg" and a.get("class") == "pygal-chart"]
     assert len(svgs) >= 9
-    for title in ("throughput (forward.tokens_per_s) vs batch_size, across items", "raw samples: distribution per series",
-                  "train_rss_bytes per iteration, with least-squares trend", "table: size_ratio vs top1",
-                  "grad_norms per parameter", "overfit_losses per iteration"):
+    for title in (
+        "throughput (forward.tokens_per_s) vs batch_size, across items",
+        "raw samples: distribution per series",
+        "train_rss_bytes per iteration, with least-squares trend",
+        "table: size_ratio vs top1",
+        "grad_norms per parameter",
+        "overfit_losses per iteration",
+    ):
         assert title in page.text
     assert "outputs differ </script><script>alert(2)</script> at position 3" in page.text
     assert '"<img src=x onerror=alert(3)>"' in page.text and "</pre><b>bold?</b>" in page.text
@@ -90,8 +98,10 @@ def test_charts_are_chosen_from_the_data_present():
     assert titles(record("checkpoint")) == []
     assert titles(gradient()) == ["grad_norms per parameter", "overfit_losses per iteration"]
     assert titles(compression()) == ["table: size_ratio vs top1"]
-    assert titles(leak(8192)) == ["train_rss_bytes per iteration, with least-squares trend",
-                                  "train_live_tensors per iteration"]
+    assert titles(leak(8192)) == [
+        "train_rss_bytes per iteration, with least-squares trend",
+        "train_live_tensors per iteration",
+    ]
     assert titles(latency(1, 1.0)) == ["raw samples: distribution per series (box: quartiles; whiskers: 1.5 IQR)"]
     across = [c.title for c in charts.charts_across([latency(1, 1.0), latency(4, 2.0), latency(8, 3.0)])]
     assert [t.split(" (")[0] for t in across] == ["latency: throughput", "latency: latency", "latency: memory"]
@@ -99,17 +109,28 @@ def test_charts_are_chosen_from_the_data_present():
 
 
 def test_a_throughput_sweep_table_inside_one_record_is_drawn():
-    rows = [{"batch_size": b, "precision": p, "tokens_per_s": 100.0 * b, "peak_memory_mb": 10.0 + b}
-            for b in (1, 2, 4, 8) for p in ("float32", "bfloat16")]
+    rows = [
+        {"batch_size": b, "precision": p, "tokens_per_s": 100.0 * b, "peak_memory_mb": 10.0 + b}
+        for b in (1, 2, 4, 8)
+        for p in ("float32", "bfloat16")
+    ]
     drawn = charts.charts_for(record("throughput", metrics={"sweep": rows}))
-    assert [c.title for c in drawn] == ["sweep: throughput (tokens_per_s) vs batch_size",
-                                        "sweep: memory (peak_memory_mb) vs batch_size"]
+    assert [c.title for c in drawn] == [
+        "sweep: throughput (tokens_per_s) vs batch_size",
+        "sweep: memory (peak_memory_mb) vs batch_size",
+    ]
     assert "precision=bfloat16" in drawn[0].svg and "precision=float32" in drawn[0].svg
 
 
 def test_nested_columns_of_a_table_are_drawn_as_one_line_each():
-    rows = [{"batch_size": b, "inference": {"tokens_per_s": 100.0 * b, "note": "a long note that is not a label"},
-             "training": {"tokens_per_s": 30.0 * b}} for b in (1, 4, 16)]
+    rows = [
+        {
+            "batch_size": b,
+            "inference": {"tokens_per_s": 100.0 * b, "note": "a long note that is not a label"},
+            "training": {"tokens_per_s": 30.0 * b},
+        }
+        for b in (1, 4, 16)
+    ]
     (chart,) = charts.charts_for(record("throughput", metrics={"points": rows}))
     assert chart.title == "points: throughput (inference.tokens_per_s, training.tokens_per_s) vs batch_size"
     assert "inference.tokens_per_s" in chart.svg and "training.tokens_per_s" in chart.svg
@@ -117,9 +138,16 @@ def test_nested_columns_of_a_table_are_drawn_as_one_line_each():
 
 
 def test_odd_or_hostile_data_does_not_break_the_page():
-    odd = record("weird", metrics={"grad_norms": {"a": "NaN", "b": 1.0}, "curve": [1, 2, "Infinity", 4, 5],
-                                   "table": [{"batch_size": 1}, {"batch_size": "<b>"}], "shape": [1, 2, 3, 4, 5, 6]},
-                 samples={"<svg onload=alert(4)>": [1.0, 2.0, 3.0], "empty": []})
+    odd = record(
+        "weird",
+        metrics={
+            "grad_norms": {"a": "NaN", "b": 1.0},
+            "curve": [1, 2, "Infinity", 4, 5],
+            "table": [{"batch_size": 1}, {"batch_size": "<b>"}],
+            "shape": [1, 2, 3, 4, 5, 6],
+        },
+        samples={"<svg onload=alert(4)>": [1.0, 2.0, 3.0], "empty": []},
+    )
     page = html.render(document([odd]))
     assert "<svg onload" not in page and "&lt;svg onload=alert(4)&gt;" in page
 
@@ -156,7 +184,9 @@ def test_the_template_and_stylesheet_are_package_data():
     assert (templates / "report.html.j2").is_file() and (templates / "report.css").is_file()
     # and the wheel takes them: every file in templates/ matches a package-data glob in pyproject.toml
     root = Path(__file__).resolve().parents[1]
-    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["llmcheck.reports"]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "llmcheck.reports"
+    ]
     shipped = {p for g in globs for p in (root / "llmcheck" / "reports").glob(g)}
     assert set((root / "llmcheck" / "reports" / "templates").iterdir()) <= shipped
 

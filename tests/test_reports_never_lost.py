@@ -10,21 +10,26 @@ import sys
 import time
 
 import pytest
+from model_sources import CLEAN, variant
 
 from llmcheck.cli import main
 from llmcheck.reports import json_report
-from model_sources import CLEAN, variant
 
 # The checkpoint check finishes; the eval check, which runs next, then hangs in the model's factory
 # (and says where it is), so the session is killed mid-run with one item done.
-HANGS_IN_EVAL = CLEAN.replace("def tiny():\n", """def tiny():
+HANGS_IN_EVAL = CLEAN.replace(
+    "def tiny():\n",
+    """def tiny():
     import inspect, os, pathlib, time
     if any(frame.filename.endswith("eval_mode.py") for frame in inspect.stack()):
         pathlib.Path("hung.pid").write_text(str(os.getpid()))
         time.sleep(60)
-""")
+""",
+)
 
-FAULTS = variant("@llmcheck.model(causal=True, vocab_size=V, max_seq_len=T)\ndef tiny():\n    return TinyLM()\n", "") + '''
+FAULTS = (
+    variant("@llmcheck.model(causal=True, vocab_size=V, max_seq_len=T)\ndef tiny():\n    return TinyLM()\n", "")
+    + """
 
 @llmcheck.model(causal=True, vocab_size=V, max_seq_len=T)
 def crashy():
@@ -36,7 +41,8 @@ def crashy():
 def sleepy():
     import time
     time.sleep(60)
-'''
+"""
+)
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:
@@ -58,8 +64,21 @@ def alive(pid: int) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
 def test_killing_the_session_mid_run_leaves_a_valid_report_of_what_finished(tmp_path, sig):
     (tmp_path / "model.py").write_text(HANGS_IN_EVAL)
-    cmd = [sys.executable, "-m", "pytest", "--llmcheck", "model.py", "-k", "checkpoint or eval", "-p", "no:cacheprovider",
-           "--llmcheck-json", "report.json", "--llmcheck-html", "report.html"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "--llmcheck",
+        "model.py",
+        "-k",
+        "checkpoint or eval",
+        "-p",
+        "no:cacheprovider",
+        "--llmcheck-json",
+        "report.json",
+        "--llmcheck-html",
+        "report.html",
+    ]
     with open(tmp_path / "out.txt", "wb") as out:
         session = subprocess.Popen(cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     worker = None

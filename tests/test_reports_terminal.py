@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from model_sources import CLEAN
+from report_data import latency, record
+
 from llmcheck.plugins import progress
 from llmcheck.plugins.progress import Ticker
 from llmcheck.plugins.report_writer import summary_lines
-from model_sources import CLEAN
-from report_data import latency, record
 
 SLOW_FACTORY = CLEAN.replace("def tiny():\n", "def tiny():\n    import time\n    time.sleep(1.5)\n")
 
 
 def test_the_summary_is_a_families_by_status_table_with_the_slowest_checks():
-    records = [record("checkpoint", duration_s=1.0), record("eval", "failed", duration_s=3.0),
-               record("eval", "skipped", model="other", duration_s=0.1), latency(1, 1.0), latency(8, 2.0)]
+    records = [
+        record("checkpoint", duration_s=1.0),
+        record("eval", "failed", duration_s=3.0),
+        record("eval", "skipped", model="other", duration_s=0.1),
+        latency(1, 1.0),
+        latency(8, 2.0),
+    ]
     records[-1]["duration_s"] = 7.5
     lines = summary_lines(records)
     assert lines == [
@@ -27,17 +33,20 @@ def test_the_summary_is_a_families_by_status_table_with_the_slowest_checks():
 
 
 def test_a_run_ends_with_the_summary_and_the_report_paths(run_llmcheck):
-    result = run_llmcheck(SLOW_FACTORY, "-k", "checkpoint", "--llmcheck-html", "out/report.html",
-                          "-o", "llmcheck_progress=0.5")
-    result.stdout.fnmatch_lines([
-        "*llmcheck: running tiny::checkpoint for * s*",
-        "*- llmcheck: 1 passed -*",
-        "family*passed",
-        "checkpoint*1",
-        "slowest: checkpoint on tiny * s",
-        "llmcheck JSON report: report.json",
-        "llmcheck HTML report: out/report.html",
-    ])
+    result = run_llmcheck(
+        SLOW_FACTORY, "-k", "checkpoint", "--llmcheck-html", "out/report.html", "-o", "llmcheck_progress=0.5"
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*llmcheck: running tiny::checkpoint for * s*",
+            "*- llmcheck: 1 passed -*",
+            "family*passed",
+            "checkpoint*1",
+            "slowest: checkpoint on tiny * s",
+            "llmcheck JSON report: report.json",
+            "llmcheck HTML report: out/report.html",
+        ]
+    )
 
 
 def test_progress_lines_are_off_when_set_to_zero():

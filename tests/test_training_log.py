@@ -8,11 +8,11 @@ import json
 import math
 
 import pytest
-
-from llmcheck.checks.training_run import CHECK, _stop_reason, judge
-from llmcheck.settings import Params
-from llmcheck.training_log import LogError, read_log
 from model_sources import CLEAN
+
+from llmcheck.checks.training.check import CHECK, _stop_reason, judge
+from llmcheck.checks.training.log import LogError, read_log
+from llmcheck.settings import Params
 
 
 def params(**override) -> Params:
@@ -37,8 +37,14 @@ def write_jsonl(path, rows) -> str:
 
 
 def verdict(path, **override):
-    metrics = {"mode": "log", "source": f"log {path}", **read_log(path), "peak_lr": override.pop("peak_lr", None),
-               "peak_source": "training.peak_lr", "stopped": None}
+    metrics = {
+        "mode": "log",
+        "source": f"log {path}",
+        **read_log(path),
+        "peak_lr": override.pop("peak_lr", None),
+        "peak_source": "training.peak_lr",
+        "stopped": None,
+    }
     return judge(metrics, params(**override))
 
 
@@ -54,7 +60,10 @@ def test_a_loss_spike_fails_with_the_step_and_the_running_median(tmp_path):
     rows[37]["loss"] = 3 * rows[37]["loss"]
     v = verdict(write_jsonl(tmp_path / "run.jsonl", rows))
     assert v.status == "failed"
-    assert "1 loss spike(s) > 2x the median of the previous 10 steps (limit 0): step 37: 5.681 = 2.8x the median 2.04" in v.message
+    assert (
+        "1 loss spike(s) > 2x the median of the previous 10 steps (limit 0): step 37: 5.681 = 2.8x the median 2.04"
+        in v.message
+    )
 
 
 def test_validation_rising_while_training_falls_fails_as_overfitting(tmp_path):
@@ -63,7 +72,10 @@ def test_validation_rising_while_training_falls_fails_as_overfitting(tmp_path):
         r["val_loss"] = val
     v = verdict(write_jsonl(tmp_path / "run.jsonl", rows))
     assert v.status == "failed"
-    assert "over-fitting: val_loss rose 1.6 (step 40) -> 2.2 (step 80), +38% (limit 10%), while training loss fell" in v.message
+    assert (
+        "over-fitting: val_loss rose 1.6 (step 40) -> 2.2 (step 80), +38% (limit 10%), while training loss fell"
+        in v.message
+    )
 
 
 def test_a_flat_loss_fails_as_nothing_learned(tmp_path):
@@ -89,8 +101,10 @@ def test_a_warmup_short_of_the_declared_peak_fails(tmp_path):
         r["lr"] /= 2
     v = verdict(write_jsonl(tmp_path / "run.jsonl", rows), peak_lr=1e-3)
     assert v.status == "failed"
-    assert ("the learning rate tops out at 0.0005 (step 9) = 50.0% of the declared peak 0.001 "
-            "(from training.peak_lr) (need >= 99%)") in v.message
+    assert (
+        "the learning rate tops out at 0.0005 (step 9) = 50.0% of the declared peak 0.001 "
+        "(from training.peak_lr) (need >= 99%)"
+    ) in v.message
 
 
 def test_a_nan_loss_fails_as_divergence_at_its_step(tmp_path):
@@ -109,8 +123,9 @@ def test_the_live_run_stops_at_divergence_or_at_its_time_budget():
 
 def test_a_csv_log_with_separate_eval_rows_and_common_column_names_is_read(tmp_path):
     path = tmp_path / "metrics.csv"
-    path.write_text("global_step,train_loss,learning_rate,eval_loss\n"
-                    "0,4.0,0.001,\n1,3.0,0.001,\n2,2.5,0.001,\n2,,,2.7\n")
+    path.write_text(
+        "global_step,train_loss,learning_rate,eval_loss\n0,4.0,0.001,\n1,3.0,0.001,\n2,2.5,0.001,\n2,,,2.7\n"
+    )
     curves = read_log(path)
     assert curves["steps"] == [0, 1, 2] and curves["loss"] == [4.0, 3.0, 2.5]
     assert curves["lr"] == [0.001] * 3 and curves["val_steps"] == [2] and curves["val_loss"] == [2.7]

@@ -4,7 +4,6 @@ and each judgement fires on a run built to trip it, with its numbers in the mess
 from __future__ import annotations
 
 import pytest
-
 from data_sources import WITH_DATA
 from model_sources import variant
 
@@ -44,12 +43,21 @@ WARMUP_BUG = variant(
     "    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)\n"
     "    # the bug: warm-up divided by the total steps instead of the warm-up steps\n"
     "    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (5 * 100)))",
-    WITH_DATA)
+    WITH_DATA,
+)
 
 
 def test_a_warmup_that_never_reaches_its_peak_fails_training(run_llmcheck):
-    found = training(run_llmcheck, WARMUP_BUG, "--llmcheck-set", "training.warmup_steps=5",
-                     "--llmcheck-set", "training.min_improvement=0")
+    found = training(
+        run_llmcheck,
+        WARMUP_BUG,
+        "--llmcheck-set",
+        "training.warmup_steps=5",
+        "--llmcheck-set",
+        "training.min_improvement=0",
+    )
     assert found["status"] == "failed"
-    assert ("warm-up does not reach its peak: lr at step 5 (warmup_steps = 5) is 0.00012 = 1.2% of the peak 0.01 "
-            "(from param group 0 initial_lr) (need >= 99%)") in found["message"]
+    assert (
+        "warm-up does not reach its peak: lr at step 5 (warmup_steps = 5) is 0.00012 = 1.2% of the peak 0.01 "
+        "(from param group 0 initial_lr) (need >= 99%)"
+    ) in found["message"]

@@ -8,12 +8,14 @@ import sys
 import time
 
 import psutil
-
 from model_sources import CLEAN
+
 from llmcheck.plugins.scheduling import overlapping
 
 # A clean model and a broken one in one file, so the outcomes to agree on include failures.
-TWO_MODELS = CLEAN + '''
+TWO_MODELS = (
+    CLEAN
+    + """
 
 class Dead(TinyLM):
     def __init__(self):
@@ -24,10 +26,19 @@ class Dead(TinyLM):
 @llmcheck.model(causal=True, vocab_size=V, max_seq_len=T)
 def dead():
     return Dead()
-'''
+"""
+)
 SELECTION = "eval or checkpoint or gradient or causal"
-SMALL_LATENCY = ["--llmcheck-set", "latency.batch_sizes=[1]", "--llmcheck-set", "latency.precisions=[\"float32\"]",
-                 "--llmcheck-set", "latency.max_time_s=0.05", "--llmcheck-set", "latency.processes=1"]
+SMALL_LATENCY = [
+    "--llmcheck-set",
+    "latency.batch_sizes=[1]",
+    "--llmcheck-set",
+    'latency.precisions=["float32"]',
+    "--llmcheck-set",
+    "latency.max_time_s=0.05",
+    "--llmcheck-set",
+    "latency.processes=1",
+]
 
 
 def _outcomes(result) -> dict[str, str]:
@@ -37,8 +48,7 @@ def _outcomes(result) -> dict[str, str]:
 def test_n_2_gives_the_outcomes_of_a_serial_run_in_one_report(run_llmcheck, pytester):
     serial = _outcomes(run_llmcheck(TWO_MODELS, "-k", SELECTION))
     (pytester.path / "report.json").unlink()
-    spread = run_llmcheck(TWO_MODELS, "-n", "2", "-k", SELECTION, "--llmcheck-html", "report.html",
-                          subprocess=True)
+    spread = run_llmcheck(TWO_MODELS, "-n", "2", "-k", SELECTION, "--llmcheck-html", "report.html", subprocess=True)
     assert _outcomes(spread) == serial
     assert serial["model.py::dead::gradient"] == "failed" and serial["model.py::tiny::gradient"] == "passed"
     assert len(serial) == 8 and spread.report["summary"]["total"] == 8 and not spread.report["interrupted"]
@@ -49,8 +59,15 @@ def test_n_2_gives_the_outcomes_of_a_serial_run_in_one_report(run_llmcheck, pyte
 
 
 def test_a_timing_check_never_runs_beside_another_item_under_xdist(run_llmcheck):
-    result = run_llmcheck(CLEAN, "-n", "2", "-k", "latency or eval or checkpoint or resume or frozen or causal",
-                          *SMALL_LATENCY, subprocess=True)
+    result = run_llmcheck(
+        CLEAN,
+        "-n",
+        "2",
+        "-k",
+        "latency or eval or checkpoint or resume or frozen or causal",
+        *SMALL_LATENCY,
+        subprocess=True,
+    )
     records = result.report["results"]
     assert result.by_check["latency"]["status"] == "passed"
     assert result.by_check["latency"]["scheduling"]["exclusive"] is True
@@ -81,8 +98,9 @@ print(info["started"], info["ended"], info["waited_s"], flush=True)
 
 def test_an_exclusive_slot_waits_for_the_shared_one_and_the_next_shared_waits_for_it(tmp_path):
     def start(worker, mode, hold):
-        proc = subprocess.Popen([sys.executable, "-c", HOLDER, worker, str(tmp_path), mode, str(hold)],
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, worker, str(tmp_path), mode, str(hold)], stdout=subprocess.PIPE, text=True
+        )
         return proc
 
     reader = start("gw0", "s", 1.0)
@@ -96,7 +114,9 @@ def test_an_exclusive_slot_waits_for_the_shared_one_and_the_next_shared_waits_fo
     assert l_start >= w_end  # and a reader arriving while it waited did not jump the queue
 
 
-KILLS_ITS_XDIST_WORKER = CLEAN.replace("def tiny():\n    return TinyLM()", '''def tiny():
+KILLS_ITS_XDIST_WORKER = CLEAN.replace(
+    "def tiny():\n    return TinyLM()",
+    """def tiny():
     import os, signal
     try:
         fd = os.open({marker!r}, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -107,17 +127,29 @@ KILLS_ITS_XDIST_WORKER = CLEAN.replace("def tiny():\n    return TinyLM()", '''de
     os.kill(os.getppid(), signal.SIGKILL)  # the pytest process of this xdist worker
     import time
     time.sleep(60)  # still "running" when the parent is gone
-    return TinyLM()''')
+    return TinyLM()""",
+)
 
 
 def test_a_crashed_xdist_worker_is_reported_as_crashed_and_leaves_no_llmcheck_worker(run_llmcheck, pytester):
     marker = pytester.path / "crashed-once"
-    result = run_llmcheck(KILLS_ITS_XDIST_WORKER.format(marker=str(marker)), "-n", "2",
-                          "-k", "eval or checkpoint or resume or causal", subprocess=True)
+    result = run_llmcheck(
+        KILLS_ITS_XDIST_WORKER.format(marker=str(marker)),
+        "-n",
+        "2",
+        "-k",
+        "eval or checkpoint or resume or causal",
+        subprocess=True,
+    )
     records = result.report["results"]
     crashed = [r for r in records if r["status"] == "crashed"]
     assert len(crashed) == 1, [(r["id"], r["status"]) for r in records]
-    assert "pytest-xdist worker gw" in crashed[0]["message"] and crashed[0]["check"] in {"eval", "checkpoint", "resume", "causal"}
+    assert "pytest-xdist worker gw" in crashed[0]["message"] and crashed[0]["check"] in {
+        "eval",
+        "checkpoint",
+        "resume",
+        "causal",
+    }
     assert sorted(r["status"] for r in records) == ["crashed", "passed", "passed", "passed"]
     assert result.report["summary"]["crashed"] == 1
     orphan = int(marker.read_text())

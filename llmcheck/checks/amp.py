@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from llmcheck import perf, timing
+from llmcheck.measuring import perf, timing
 from llmcheck.registry import Check, Param
 from llmcheck.results import Skip, Verdict
 
@@ -31,7 +31,7 @@ def _rel(a, b) -> float:
 def _outputs(t, model, batch, precision: str, rtol: float) -> dict[str, Any]:
     import torch
 
-    from llmcheck.tensors import record_module_outputs
+    from llmcheck.target.tensors import record_module_outputs
 
     def run():
         return t.logits(t.forward(model, batch)).float()
@@ -40,12 +40,23 @@ def _outputs(t, model, batch, precision: str, rtol: float) -> dict[str, Any]:
         ref, ref_rec = record_module_outputs(model, run)
         with perf.autocast(t.device, precision):
             low, low_rec = record_module_outputs(model, run)
-    culprit = next(((n, _rel(b, a)) for (n, a), (_, b) in zip(ref_rec, low_rec)
-                    if a.is_floating_point() and a.shape == b.shape and _rel(b, a) > rtol), (None, None))
+    culprit = next(
+        (
+            (n, _rel(b, a))
+            for (n, a), (_, b) in zip(ref_rec, low_rec)
+            if a.is_floating_point() and a.shape == b.shape and _rel(b, a) > rtol
+        ),
+        (None, None),
+    )
     top2 = ref.topk(2, dim=-1).values if ref.shape[-1] > 1 else None
     agree = ref.argmax(-1) == low.argmax(-1)
-    out = {"rel_error": _rel(low, ref), "top1_agreement": float(agree.float().mean()), "positions": agree.numel(),
-           "culprit": culprit[0], "culprit_rel_error": culprit[1]}
+    out = {
+        "rel_error": _rel(low, ref),
+        "top1_agreement": float(agree.float().mean()),
+        "positions": agree.numel(),
+        "culprit": culprit[0],
+        "culprit_rel_error": culprit[1],
+    }
     if top2 is not None:  # decisive: float32's top-1 leads by more than the tolerance allows to move
         scale = ref.pow(2).mean(-1).sqrt()
         decisive = (top2[..., 0] - top2[..., 1]) > 2 * rtol * scale
@@ -61,7 +72,9 @@ def _backward(t, batch, precision: str, scale: float) -> tuple[float, dict]:
     with perf.autocast(t.device, precision):
         loss, _ = t.loss(model, batch)
     (loss.float() * scale).backward()
-    return float(loss.detach()), {n: q.grad.detach().float() / scale for n, q in model.named_parameters() if q.grad is not None}
+    return float(loss.detach()), {
+        n: q.grad.detach().float() / scale for n, q in model.named_parameters() if q.grad is not None
+    }
 
 
 def _gradients(t, batch, precision: str) -> dict[str, Any]:
@@ -70,7 +83,7 @@ def _gradients(t, batch, precision: str) -> dict[str, Any]:
     losses = {}
     losses["float32"], ref = _backward(t, batch, "float32", 1.0)
     # float16 gradients underflow unless the loss is scaled, as GradScaler does (init 2**16, backing off on inf)
-    for scale in ((2.0**16, 2.0**8, 1.0) if precision == "float16" else (1.0,)):
+    for scale in (2.0**16, 2.0**8, 1.0) if precision == "float16" else (1.0,):
         losses[precision], low = _backward(t, batch, precision, scale)
         if all(bool(torch.isfinite(g).all()) for g in low.values()):
             break
@@ -78,9 +91,15 @@ def _gradients(t, batch, precision: str) -> dict[str, Any]:
     num = math.sqrt(sum(float((low[n] - ref[n]).norm()) ** 2 for n in per))
     den = math.sqrt(sum(float(ref[n].norm()) ** 2 for n in per))
     worst = max(per, key=per.get) if per else None
-    return {"rel_error": num / den if den > 0 else 0.0, "worst_parameter": worst, "worst_rel_error": per.get(worst),
-            "parameters": len(per), "loss_float32": losses["float32"], f"loss_{precision}": losses[precision],
-            "loss_scale": scale}
+    return {
+        "rel_error": num / den if den > 0 else 0.0,
+        "worst_parameter": worst,
+        "worst_rel_error": per.get(worst),
+        "parameters": len(per),
+        "loss_float32": losses["float32"],
+        f"loss_{precision}": losses[precision],
+        "loss_scale": scale,
+    }
 
 
 def _speed(ctx, t, model, batch, precision: str, plan: timing.Plan, validity: dict) -> dict[str, Any]:
@@ -94,8 +113,15 @@ def _speed(ctx, t, model, batch, precision: str, plan: timing.Plan, validity: di
         perf.keep(ctx, validity, f"{mode}_forward_ms", series[mode])
     ratio, lo, hi = timing.ratio_ci(series["float32"].samples_ms, series[precision].samples_ms, plan.confidence)
     valid = series["float32"].valid and series[precision].valid
-    return {"speedup": ratio, "ci_low": lo, "ci_high": hi, "valid": valid, "amp_slower": valid and hi < 1.0,
-            "float32": series["float32"].to_metrics(), precision: series[precision].to_metrics()}
+    return {
+        "speedup": ratio,
+        "ci_low": lo,
+        "ci_high": hi,
+        "valid": valid,
+        "amp_slower": valid and hi < 1.0,
+        "float32": series["float32"].to_metrics(),
+        precision: series[precision].to_metrics(),
+    }
 
 
 def measure(ctx, p) -> dict:
@@ -120,29 +146,47 @@ def judge(m: dict, p) -> Verdict:
     pr, o, g, s = m["config"]["precision"], m["outputs"], m["gradients"], m["speed"]
     problems = []
     if not o["rel_error"] <= m["output_rtol"]:
-        where = f"; first module over tolerance: {o['culprit']} (rel. error {o['culprit_rel_error']:.3g})" if o["culprit"] else ""
-        problems.append(f"{pr} autocast logits differ from float32 by rel. error {o['rel_error']:.3g} > "
-                        f"{m['output_rtol']:.3g} ({p.output_rtol_eps:g} x eps {m['eps']:.3g}){where}")
+        where = (
+            f"; first module over tolerance: {o['culprit']} (rel. error {o['culprit_rel_error']:.3g})"
+            if o["culprit"]
+            else ""
+        )
+        problems.append(
+            f"{pr} autocast logits differ from float32 by rel. error {o['rel_error']:.3g} > "
+            f"{m['output_rtol']:.3g} ({p.output_rtol_eps:g} x eps {m['eps']:.3g}){where}"
+        )
     agree = o.get("decisive_top1_agreement")
     if agree is not None and agree < p.min_top1_agreement:
-        problems.append(f"next-token top-1 agrees with float32 at {agree:.1%} of {o['decisive_positions']} decisive "
-                        f"positions < {p.min_top1_agreement:.0%}")
+        problems.append(
+            f"next-token top-1 agrees with float32 at {agree:.1%} of {o['decisive_positions']} decisive "
+            f"positions < {p.min_top1_agreement:.0%}"
+        )
     if not g["rel_error"] <= m["grad_rtol"]:
-        problems.append(f"{pr} autocast gradients differ from float32 by rel. error {g['rel_error']:.3g} > {m['grad_rtol']:.3g} "
-                        f"({p.grad_rtol_eps:g} x eps); worst parameter {g['worst_parameter']} ({g['worst_rel_error']:.3g})")
+        problems.append(
+            f"{pr} autocast gradients differ from float32 by rel. error {g['rel_error']:.3g} > {m['grad_rtol']:.3g} "
+            f"({p.grad_rtol_eps:g} x eps); worst parameter {g['worst_parameter']} ({g['worst_rel_error']:.3g})"
+        )
     speed = f"speed-up {s['speedup']:.2f}x ({p.confidence:.0%} CI {s['ci_low']:.2f}-{s['ci_high']:.2f})"
     if not s["valid"]:
         speed += " [timing invalid: " + "; ".join(s["float32"]["invalid_reasons"] + s[pr]["invalid_reasons"]) + "]"
     if s["amp_slower"]:
-        speed = f"AMP slower: {speed} (float32 p50 {s['float32']['median_ms']:.3g} ms, {pr} {s[pr]['median_ms']:.3g} ms)"
+        speed = (
+            f"AMP slower: {speed} (float32 p50 {s['float32']['median_ms']:.3g} ms, {pr} {s[pr]['median_ms']:.3g} ms)"
+        )
         if p.fail_if_slower:
             problems.append(speed)
     if problems:
         return Verdict("failed", "; ".join(problems))
-    top1 = f"top-1 agreement {agree:.1%} at {o['decisive_positions']} decisive positions" if agree is not None else \
-        f"top-1 agreement {o['top1_agreement']:.1%} (no position where float32 is decisive)"
-    return Verdict("passed", f"{pr} autocast: logits rel. error {o['rel_error']:.3g} <= {m['output_rtol']:.3g}, {top1}, "
-                             f"gradients rel. error {g['rel_error']:.3g} <= {m['grad_rtol']:.3g}; {speed}")
+    top1 = (
+        f"top-1 agreement {agree:.1%} at {o['decisive_positions']} decisive positions"
+        if agree is not None
+        else f"top-1 agreement {o['top1_agreement']:.1%} (no position where float32 is decisive)"
+    )
+    return Verdict(
+        "passed",
+        f"{pr} autocast: logits rel. error {o['rel_error']:.3g} <= {m['output_rtol']:.3g}, {top1}, "
+        f"gradients rel. error {g['rel_error']:.3g} <= {m['grad_rtol']:.3g}; {speed}",
+    )
 
 
 CHECK = Check(
@@ -154,11 +198,22 @@ CHECK = Check(
     judge=judge,
     variants=variants,
     params={
-        "precisions": Param(list, ["bfloat16", "float16"], "autocast dtypes to check (float16 on CUDA only)",
-                            item_type=str, choices=("bfloat16", "float16")),
-        "output_rtol_eps": Param(float, 16.0, "allowed logits relative error, in units of the dtype's unit roundoff", minimum=0),
-        "grad_rtol_eps": Param(float, 32.0, "allowed gradient relative error, in units of the dtype's unit roundoff", minimum=0),
-        "min_top1_agreement": Param(float, 0.99, "next-token top-1 agreement needed at decisive positions", minimum=0, maximum=1),
+        "precisions": Param(
+            list,
+            ["bfloat16", "float16"],
+            "autocast dtypes to check (float16 on CUDA only)",
+            item_type=str,
+            choices=("bfloat16", "float16"),
+        ),
+        "output_rtol_eps": Param(
+            float, 16.0, "allowed logits relative error, in units of the dtype's unit roundoff", minimum=0
+        ),
+        "grad_rtol_eps": Param(
+            float, 32.0, "allowed gradient relative error, in units of the dtype's unit roundoff", minimum=0
+        ),
+        "min_top1_agreement": Param(
+            float, 0.99, "next-token top-1 agreement needed at decisive positions", minimum=0, maximum=1
+        ),
         "fail_if_slower": Param(bool, False, "fail (not only flag) when AMP is slower than float32 with confidence"),
         **timing.PARAMS,
     },

@@ -27,12 +27,14 @@ def _perturb_sample(t, batch, j: int, gen):
         changed = ids.clone()
         changed[j] = (changed[j] + torch.randint(1, vocab, changed[j].shape, generator=gen).to(ids.device)) % vocab
         return t.with_tokens(batch, changed)
+
     def noisy(x):
         if not x.is_floating_point():
             return x
         x = x.clone()
         x[j] += torch.randn(x[j].shape, generator=gen).to(x.device, x.dtype)
         return x
+
     return {k: noisy(v) for k, v in batch.items()} if isinstance(batch, Mapping) else noisy(batch)
 
 
@@ -47,7 +49,7 @@ def _sample_loss(out, ids, i: int, vocab):
 
 def _first_module(model, run, batch, changed, n: int, i: int, tol: float) -> str | None:
     """The first module (execution order) whose output for sample i differs between two batches."""
-    from llmcheck.tensors import max_abs_diff, record_module_outputs
+    from llmcheck.target.tensors import max_abs_diff, record_module_outputs
 
     _, a = record_module_outputs(model, lambda: run(batch))
     _, b = record_module_outputs(model, lambda: run(changed))
@@ -60,7 +62,7 @@ def _first_module(model, run, batch, changed, n: int, i: int, tol: float) -> str
 def _perturbation(t, model, run, batch, n: int, gen, scale) -> dict:
     import torch
 
-    from llmcheck.tensors import max_abs_diff, model_dtype, tolerance
+    from llmcheck.target.tensors import max_abs_diff, model_dtype, tolerance
 
     with torch.no_grad():
         base = run(batch)
@@ -83,7 +85,7 @@ def _gradients(t, model, run, batch, n: int) -> dict:
     """grads[i][j]: max |d loss_i / d embedding of sample j|."""
     import torch
 
-    from llmcheck.tensors import OutputTap
+    from llmcheck.target.tensors import OutputTap
 
     module = t.input_embedding(model)
     if module is None:
@@ -95,7 +97,9 @@ def _gradients(t, model, run, batch, n: int) -> dict:
         return {"gradient_probe": f"skipped: {type(module).__name__} output does not reach the output per sample"}
     ids, grads = t.tokens(batch), []
     for i in range(n):
-        (g,) = torch.autograd.grad(_sample_loss(out, ids, i, t.traits.vocab_size), leaf, retain_graph=True, allow_unused=True)
+        (g,) = torch.autograd.grad(
+            _sample_loss(out, ids, i, t.traits.vocab_size), leaf, retain_graph=True, allow_unused=True
+        )
         g = torch.zeros_like(leaf) if g is None else g
         grads.append(g.float().abs().flatten(1).amax(dim=1).tolist())
     return {"gradient_probe": f"hook on {type(module).__name__}", "embedding_grad": grads}
@@ -104,7 +108,7 @@ def _gradients(t, model, run, batch, n: int) -> dict:
 def measure(ctx, p) -> dict:
     import torch
 
-    from llmcheck.target import seed_everything
+    from llmcheck.target.model import seed_everything
 
     t = ctx.target
     batch = t.batch(batch_size=p.batch_size)
@@ -142,19 +146,28 @@ def judge(m: dict, p) -> Verdict:
         if c:
             d = r["output_diff"][c["j"]][c["i"]]
             where = f"; first module whose output for sample {c['i']} changes: {c['module']}" if c["module"] else ""
-            problems.append(f"{mode} mode: sample {c['i']}'s output changes when sample {c['j']} changes "
-                            f"(max |Δ| = {d:.3g} > tolerance {r['tolerance']:.3g}){where}")
+            problems.append(
+                f"{mode} mode: sample {c['i']}'s output changes when sample {c['j']} changes "
+                f"(max |Δ| = {d:.3g} > tolerance {r['tolerance']:.3g}){where}"
+            )
         leak = _grad_leak(r.get("embedding_grad", []), p.grad_rtol)
         if leak:
             i, j, g, allowed = leak
-            problems.append(f"{mode} mode: the loss of sample {i} has gradient on the embeddings of sample {j} "
-                            f"(|∂| = {g:.3g} > {allowed:.3g})")
+            problems.append(
+                f"{mode} mode: the loss of sample {i} has gradient on the embeddings of sample {j} "
+                f"(|∂| = {g:.3g} > {allowed:.3g})"
+            )
     if problems:
         return Verdict("failed", "samples mix across the batch: " + "; ".join(problems))
-    probes = {mode: "perturbation" + (" and gradient" if "embedding_grad" in r else f", gradient {r['gradient_probe']}")
-              for mode, r in m["modes"].items()}
-    return Verdict("passed", f"the {m['batch_size']} samples are independent in "
-                             + ", ".join(f"{mode} mode ({how})" for mode, how in probes.items()))
+    probes = {
+        mode: "perturbation" + (" and gradient" if "embedding_grad" in r else f", gradient {r['gradient_probe']}")
+        for mode, r in m["modes"].items()
+    }
+    return Verdict(
+        "passed",
+        f"the {m['batch_size']} samples are independent in "
+        + ", ".join(f"{mode} mode ({how})" for mode, how in probes.items()),
+    )
 
 
 CHECK = Check(
@@ -165,11 +178,25 @@ CHECK = Check(
     judge=judge,
     params={
         "batch_size": Param(int, 4, "samples in the probed batch", minimum=2),
-        "modes": Param(list, ["eval", "train"], "model modes to probe (train mode replays dropout masks)",
-                       item_type=str, choices=("eval", "train")),
-        "tolerance_scale": Param(float, 1.0, "multiplies the dtype's tolerance for output changes "
-                                             "(fp32 1e-5, fp16 4e-3, bf16 3e-2, times max(1, max |output|))", minimum=0),
-        "grad_rtol": Param(float, 1e-6, "largest gradient on another sample, relative to the sample's own, "
-                                        "still counted as zero", minimum=0),
+        "modes": Param(
+            list,
+            ["eval", "train"],
+            "model modes to probe (train mode replays dropout masks)",
+            item_type=str,
+            choices=("eval", "train"),
+        ),
+        "tolerance_scale": Param(
+            float,
+            1.0,
+            "multiplies the dtype's tolerance for output changes "
+            "(fp32 1e-5, fp16 4e-3, bf16 3e-2, times max(1, max |output|))",
+            minimum=0,
+        ),
+        "grad_rtol": Param(
+            float,
+            1e-6,
+            "largest gradient on another sample, relative to the sample's own, still counted as zero",
+            minimum=0,
+        ),
     },
 )

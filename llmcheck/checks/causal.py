@@ -25,7 +25,7 @@ def _perturbation(t, model, batch, ids, positions, gen, scale) -> dict:
     """For each t: max |Δ logits| at each position <= t when every token after t changes."""
     import torch
 
-    from llmcheck.tensors import model_dtype, tolerance
+    from llmcheck.target.tensors import model_dtype, tolerance
 
     vocab = t.traits.vocab_size
     with torch.no_grad():
@@ -34,10 +34,10 @@ def _perturbation(t, model, batch, ids, positions, gen, scale) -> dict:
         per_t = {}
         for pos in positions:
             changed = ids.clone()
-            shift = torch.randint(1, vocab, changed[:, pos + 1:].shape, generator=gen).to(ids.device)
-            changed[:, pos + 1:] = (changed[:, pos + 1:] + shift) % vocab
+            shift = torch.randint(1, vocab, changed[:, pos + 1 :].shape, generator=gen).to(ids.device)
+            changed[:, pos + 1 :] = (changed[:, pos + 1 :] + shift) % vocab
             out = t.logits(t.forward(model, t.with_tokens(batch, changed)))
-            diff = (out[:, :pos + 1].float() - base[:, :pos + 1].float()).abs()
+            diff = (out[:, : pos + 1].float() - base[:, : pos + 1].float()).abs()
             per_t[str(pos)] = torch.nan_to_num(diff, nan=float("inf")).flatten(2).amax(dim=(0, 2)).tolist()
     return {"tolerance": tol, "logit_diff": per_t}
 
@@ -46,7 +46,7 @@ def _gradients(t, model, batch, ids, positions, gen) -> dict:
     """For each t: max |d(r · logits_t) / d embedding_s| at every position s."""
     import torch
 
-    from llmcheck.tensors import OutputTap
+    from llmcheck.target.tensors import OutputTap
 
     module = t.input_embedding(model)
     if module is None:
@@ -55,7 +55,9 @@ def _gradients(t, model, batch, ids, positions, gen) -> dict:
         logits = t.logits(t.forward(model, batch))
     leaf = tap.leaf(tuple(ids.shape))
     if leaf is None or not logits.requires_grad:
-        return {"gradient_probe": f"skipped: {type(module).__name__} output does not reach the logits as [batch, seq, ...]"}
+        return {
+            "gradient_probe": f"skipped: {type(module).__name__} output does not reach the logits as [batch, seq, ...]"
+        }
     per_t = {}
     for pos in positions:
         r = torch.randn(logits.shape[-1], generator=gen).to(logits.device)
@@ -74,7 +76,9 @@ def measure(ctx, p) -> dict:
     batch = t.batch(seq_len=p.seq_len or None)
     ids = t.tokens(batch)
     if ids is None or ids.dim() != 2:
-        raise Skip("the model's batch has no [batch, seq] token ids to perturb (declare @llmcheck.inputs returning input_ids)")
+        raise Skip(
+            "the model's batch has no [batch, seq] token ids to perturb (declare @llmcheck.inputs returning input_ids)"
+        )
     if ids.shape[1] < 2:
         raise Skip(f"sequence length {ids.shape[1]} leaves no later token to perturb")
     positions = _positions(ids.shape[1], p.positions)
@@ -100,7 +104,7 @@ def _first_grad_leak(m: dict, rtol: float):
     """(t, later position, |grad|, allowed) of the smallest t whose logits get gradient from a later embedding."""
     for t, grads in sorted(m.get("embedding_grad", {}).items(), key=lambda kv: int(kv[0])):
         t = int(t)
-        allowed = rtol * max(grads[:t + 1] or [0.0])
+        allowed = rtol * max(grads[: t + 1] or [0.0])
         later = [(s, g) for s, g in enumerate(grads) if s > t and g > allowed]
         if later:
             return t, later[0][0], later[0][1], allowed
@@ -112,19 +116,26 @@ def judge(m: dict, p) -> Verdict:
     leak = _first_logit_leak(m)
     if leak:
         t, s, d = leak
-        problems.append(f"logits at position {s} change when the tokens after position {t} change "
-                        f"(max |Δ| = {d:.3g} > tolerance {m['tolerance']:.3g})")
+        problems.append(
+            f"logits at position {s} change when the tokens after position {t} change "
+            f"(max |Δ| = {d:.3g} > tolerance {m['tolerance']:.3g})"
+        )
     grad = _first_grad_leak(m, p.grad_rtol)
     if grad:
         t, s, g, allowed = grad
-        problems.append(f"gradient: the logits at position {t} depend on the embedding of token {s} "
-                        f"(|∂logits/∂emb| = {g:.3g} > {allowed:.3g})")
+        problems.append(
+            f"gradient: the logits at position {t} depend on the embedding of token {s} "
+            f"(|∂logits/∂emb| = {g:.3g} > {allowed:.3g})"
+        )
     probes = "perturbation" + (" and gradient" if "embedding_grad" in m else f"; gradient {m['gradient_probe']}")
     if problems:
         return Verdict("failed", "causal leak: " + "; ".join(problems))
     worst = max((d for diffs in m["logit_diff"].values() for d in diffs), default=0.0)
-    return Verdict("passed", f"no position depends on later tokens at t = {m['positions']} of {m['seq_len']} "
-                             f"({probes}; max |Δ| = {worst:.3g} <= tolerance {m['tolerance']:.3g})")
+    return Verdict(
+        "passed",
+        f"no position depends on later tokens at t = {m['positions']} of {m['seq_len']} "
+        f"({probes}; max |Δ| = {worst:.3g} <= tolerance {m['tolerance']:.3g})",
+    )
 
 
 CHECK = Check(
@@ -136,10 +147,19 @@ CHECK = Check(
     params={
         "positions": Param(int, 6, "how many positions t to probe, spread over the sequence", minimum=1),
         "seq_len": Param(int, 0, "sequence length to probe (0: the run's seq_len, capped at max_seq_len)", minimum=0),
-        "tolerance_scale": Param(float, 1.0, "multiplies the dtype's tolerance for logit changes "
-                                             "(fp32 1e-5, fp16 4e-3, bf16 3e-2, times max(1, max |logits|))", minimum=0),
-        "grad_rtol": Param(float, 1e-6, "largest gradient on a later embedding, relative to the largest on "
-                                        "an earlier one, still counted as zero", minimum=0),
+        "tolerance_scale": Param(
+            float,
+            1.0,
+            "multiplies the dtype's tolerance for logit changes "
+            "(fp32 1e-5, fp16 4e-3, bf16 3e-2, times max(1, max |logits|))",
+            minimum=0,
+        ),
+        "grad_rtol": Param(
+            float,
+            1e-6,
+            "largest gradient on a later embedding, relative to the largest on an earlier one, still counted as zero",
+            minimum=0,
+        ),
     },
     needs=frozenset({"causal"}),
 )

@@ -33,7 +33,14 @@ def _round_trip(fmt: str, model, fresh, path, device) -> tuple[list[str], list[s
 def measure(ctx, p) -> dict:
     import torch
 
-    from llmcheck.tensors import hidden_state, hidden_state_differences, max_abs_diff, tied_groups, untied, worst_index
+    from llmcheck.target.tensors import (
+        hidden_state,
+        hidden_state_differences,
+        max_abs_diff,
+        tied_groups,
+        untied,
+        worst_index,
+    )
 
     t = ctx.target
     batch = t.batch()
@@ -57,9 +64,11 @@ def measure(ctx, p) -> dict:
         results[fmt] = {
             "max_abs_diff": diff,
             "worst_index": worst_index(reference, out) if diff > 0 and out.shape == reference.shape else None,
-            "missing_keys": missing, "unexpected_keys": unexpected,
+            "missing_keys": missing,
+            "unexpected_keys": unexpected,
             "not_in_state_dict": hidden_state_differences(hidden, hidden_state(fresh)),
-            "untied": untied(fresh, ties), "file_bytes": path.stat().st_size,
+            "untied": untied(fresh, ties),
+            "file_bytes": path.stat().st_size,
         }
     return {"formats": results, "tied_groups": ties, "output_shape": list(reference.shape)}
 
@@ -75,9 +84,10 @@ def _problems(fmt: str, r: dict, atol: float) -> list[str]:
     if r["max_abs_diff"] > atol:
         where = f" at index {r['worst_index']}" if r["worst_index"] else ""
         culprit = "; ".join(f"{k} ({v})" for k, v in list(r["not_in_state_dict"].items())[:5])
-        problems.append(f"{fmt}: outputs differ after the round trip: max |Δ| = {r['max_abs_diff']:.3g} > atol "
-                        f"{atol:g}{where}" + (f"; state that did not come back (not in state_dict): {culprit}"
-                                              if culprit else ""))
+        problems.append(
+            f"{fmt}: outputs differ after the round trip: max |Δ| = {r['max_abs_diff']:.3g} > atol "
+            f"{atol:g}{where}" + (f"; state that did not come back (not in state_dict): {culprit}" if culprit else "")
+        )
     return problems
 
 
@@ -87,8 +97,11 @@ def judge(m: dict, p) -> Verdict:
         return Verdict("failed", "; ".join(problems))
     worst = max((r["max_abs_diff"] for r in m["formats"].values()), default=0.0)
     ties = f"; {len(m['tied_groups'])} tied weight group(s) survive" if m["tied_groups"] else ""
-    return Verdict("passed", f"{' and '.join(m['formats'])} round trips into a model built from another seed "
-                             f"reproduce the outputs {list(m['output_shape'])} (max |Δ| = {worst:.3g} <= atol {p.atol:g}){ties}")
+    return Verdict(
+        "passed",
+        f"{' and '.join(m['formats'])} round trips into a model built from another seed "
+        f"reproduce the outputs {list(m['output_shape'])} (max |Δ| = {worst:.3g} <= atol {p.atol:g}){ties}",
+    )
 
 
 CHECK = Check(
@@ -98,7 +111,9 @@ CHECK = Check(
     measure=measure,
     judge=judge,
     params={
-        "atol": Param(float, 0.0, "largest |Δ| allowed between original and reloaded outputs (exact on CPU)", minimum=0),
+        "atol": Param(
+            float, 0.0, "largest |Δ| allowed between original and reloaded outputs (exact on CPU)", minimum=0
+        ),
         "formats": Param(list, list(FORMATS), "serialisations to round-trip through", item_type=str, choices=FORMATS),
     },
 )

@@ -24,9 +24,15 @@ from llmcheck.registry import Check, Param
 from llmcheck.results import Skip, Verdict
 
 PARTS = ("interpreter", "import_torch", "cuda_init", "import_model", "construct", "load", "first_forward")
-LABELS = {"interpreter": "interpreter start", "import_torch": "import torch", "cuda_init": "CUDA init",
-          "import_model": "import model file", "construct": "construct", "load": "load checkpoint",
-          "first_forward": "first forward"}
+LABELS = {
+    "interpreter": "interpreter start",
+    "import_torch": "import torch",
+    "cuda_init": "CUDA init",
+    "import_model": "import model file",
+    "construct": "construct",
+    "load": "load checkpoint",
+    "first_forward": "first forward",
+}
 
 
 def _save(model, directory: Path) -> Path:
@@ -46,8 +52,12 @@ def _save(model, directory: Path) -> Path:
 def _run_fresh(job: dict) -> dict:
     out_path = Path(job["out"])
     started = time.time()
-    proc = subprocess.run([sys.executable, "-m", "llmcheck.checks.coldstart", json.dumps(job)],
-                          capture_output=True, text=True, cwd=os.getcwd())
+    proc = subprocess.run(
+        [sys.executable, "-m", "llmcheck.checks.coldstart", json.dumps(job)],
+        capture_output=True,
+        text=True,
+        cwd=os.getcwd(),
+    )
     if proc.returncode != 0 or not out_path.exists():
         tail = (proc.stderr or proc.stdout).strip()[-1500:]
         raise RuntimeError(f"the fresh process exited with status {proc.returncode}:\n{tail}")
@@ -62,8 +72,14 @@ def measure(ctx, p) -> dict:
     weights = _save(t.build(), ctx.tmpdir)
     if t.path is None:
         raise Skip("the target was not loaded from a file, so a fresh process cannot load it again")
-    job = {"file": str(t.path), "model": t.name, "settings": dict(t.settings), "weights": str(weights),
-           "warm": p.warm_forwards, "out": str(ctx.tmpdir / "coldstart.json")}
+    job = {
+        "file": str(t.path),
+        "model": t.name,
+        "settings": dict(t.settings),
+        "weights": str(weights),
+        "warm": p.warm_forwards,
+        "out": str(ctx.tmpdir / "coldstart.json"),
+    }
     runs = []
     for i in range(p.repeats):
         ctx.progress(fresh_process=i + 1, of=p.repeats)
@@ -72,9 +88,14 @@ def measure(ctx, p) -> dict:
     for name in [*names, "warm_forward"]:
         ctx.record_samples(f"{name}_s", [r[name] for r in runs])
     parts = {k: statistics.median(r[k] for r in runs) for k in names}
-    return {"parts_s": parts, "first_output_s": sum(parts.values()), "repeats": p.repeats,
-            "warm_forward_s": statistics.median(r["warm_forward"] for r in runs),
-            "weights_format": weights.suffix.lstrip("."), "weights_bytes": weights.stat().st_size}
+    return {
+        "parts_s": parts,
+        "first_output_s": sum(parts.values()),
+        "repeats": p.repeats,
+        "warm_forward_s": statistics.median(r["warm_forward"] for r in runs),
+        "weights_format": weights.suffix.lstrip("."),
+        "weights_bytes": weights.stat().st_size,
+    }
 
 
 def judge(m: dict, p) -> Verdict:
@@ -83,9 +104,11 @@ def judge(m: dict, p) -> Verdict:
     split = ", ".join(f"{LABELS[k]} {v:.3f} s" for k, v in parts.items())
     warm = m["warm_forward_s"]
     ratio = f" ({parts['first_forward'] / warm:.0f}x the warm forward)" if warm > 0 else ""
-    text = (f"first output {total:.2f} s after process start ({split}; median of {m['repeats']}); warm forward "
-            f"{warm * 1e3:.2f} ms, first forward {parts['first_forward'] * 1e3:.2f} ms{ratio}; "
-            f"slowest part: {LABELS[slowest]}")
+    text = (
+        f"first output {total:.2f} s after process start ({split}; median of {m['repeats']}); warm forward "
+        f"{warm * 1e3:.2f} ms, first forward {parts['first_forward'] * 1e3:.2f} ms{ratio}; "
+        f"slowest part: {LABELS[slowest]}"
+    )
     if p.max_first_output_s > 0 and total > p.max_first_output_s:
         return Verdict("failed", f"cold start {total:.2f} s > max_first_output_s {p.max_first_output_s:g} s; {text}")
     return Verdict("passed", text)
@@ -101,8 +124,9 @@ CHECK = Check(
     params={
         "repeats": Param(int, 1, "fresh processes to start (the median of each part is reported)", minimum=1),
         "warm_forwards": Param(int, 5, "forwards after the first one; their median is the warm forward", minimum=1),
-        "max_first_output_s": Param(float, 0.0, "fail when the time to the first output exceeds this (0: off)",
-                                    minimum=0),
+        "max_first_output_s": Param(
+            float, 0.0, "fail when the time to the first output exceeds this (0: off)", minimum=0
+        ),
     },
 )
 
@@ -130,14 +154,18 @@ def fresh(job: dict) -> dict:
     """Time each part of a cold start in this (new) process."""
     parts = {"entered_at": time.time()}
     torch = _timed(parts, "import_torch", lambda: __import__("torch"))
-    from llmcheck.target import Target, load_declarations
+    from llmcheck.target.model import Target, load_declarations
 
     models, hooks = _timed(parts, "import_model", lambda: load_declarations(Path(job["file"])))
     decl = next(m for m in models if m.name == job["model"])
     target = Target(decl, hooks[decl.name], job["settings"])
     if target.device.type == "cuda":
         _timed(parts, "cuda_init", lambda: (torch.cuda.init(), torch.empty(1, device=target.device)))
-    sync = (lambda: torch.cuda.synchronize(target.device)) if target.device.type == "cuda" else (lambda: None)
+    from llmcheck.measuring.memory import sync as sync_device
+
+    def sync():
+        sync_device(target.device)
+
     model = _timed(parts, "construct", lambda: target.build().eval())
     _timed(parts, "load", lambda: _load(model, job["weights"], target.device))
     batch = target.batch()

@@ -19,7 +19,7 @@ COMPARISONS = {
 def measure(ctx, p) -> dict:
     import torch
 
-    from llmcheck.tensors import first_divergence, max_abs_diff, record_module_outputs
+    from llmcheck.target.tensors import first_divergence, max_abs_diff, record_module_outputs
 
     t = ctx.target
     model = t.build().eval()
@@ -38,29 +38,47 @@ def measure(ctx, p) -> dict:
     model.train()
     model.eval()
     toggled, toggled_rec = run("no_grad")
-    pairs = {"repeat": (base, again, base_rec, again_rec), "no_grad": (grad, base, grad_rec, base_rec),
-             "inference_mode": (grad, infer, grad_rec, infer_rec), "toggle": (base, toggled, base_rec, toggled_rec)}
+    pairs = {
+        "repeat": (base, again, base_rec, again_rec),
+        "no_grad": (grad, base, grad_rec, base_rec),
+        "inference_mode": (grad, infer, grad_rec, infer_rec),
+        "toggle": (base, toggled, base_rec, toggled_rec),
+    }
     out = {"still_training": still_training, "comparisons": {}}
     for name, (a, b, ra, rb) in pairs.items():
         d = max_abs_diff(a, b)
         culprit = first_divergence(ra, rb, p.atol) if d > p.atol else None
-        out["comparisons"][name] = {"max_abs_diff": d, "culprit": culprit[0] if culprit else None,
-                                    "culprit_abs_diff": culprit[1] if culprit else None}
+        out["comparisons"][name] = {
+            "max_abs_diff": d,
+            "culprit": culprit[0] if culprit else None,
+            "culprit_abs_diff": culprit[1] if culprit else None,
+        }
     return out
 
 
 def judge(m: dict, p) -> Verdict:
     problems = []
     if m["still_training"]:
-        problems.append(f"after model.eval() these modules still have training=True: {', '.join(m['still_training'][:5])}")
+        problems.append(
+            f"after model.eval() these modules still have training=True: {', '.join(m['still_training'][:5])}"
+        )
     for name, c in m["comparisons"].items():
         if c["max_abs_diff"] > p.atol:
-            where = f"; first differing module: {c['culprit']} (max |Δ| = {c['culprit_abs_diff']:.3g})" if c["culprit"] else ""
-            problems.append(f"{COMPARISONS[name]}: outputs differ (max |Δ| = {c['max_abs_diff']:.3g} > atol {p.atol:g}){where}")
+            where = (
+                f"; first differing module: {c['culprit']} (max |Δ| = {c['culprit_abs_diff']:.3g})"
+                if c["culprit"]
+                else ""
+            )
+            problems.append(
+                f"{COMPARISONS[name]}: outputs differ (max |Δ| = {c['max_abs_diff']:.3g} > atol {p.atol:g}){where}"
+            )
     if problems:
         return Verdict("failed", "; ".join(problems))
-    return Verdict("passed", f"eval outputs identical across {len(m['comparisons'])} comparisons "
-                             f"({', '.join(COMPARISONS.values())}; max |Δ| <= atol {p.atol:g})")
+    return Verdict(
+        "passed",
+        f"eval outputs identical across {len(m['comparisons'])} comparisons "
+        f"({', '.join(COMPARISONS.values())}; max |Δ| <= atol {p.atol:g})",
+    )
 
 
 CHECK = Check(

@@ -21,8 +21,8 @@ def frozen_modules(model) -> dict[str, object]:
 
 
 def measure(ctx, p) -> dict:
-    from llmcheck.tensors import changed, snapshot
-    from llmcheck.training import train_step
+    from llmcheck.target.steps import train_step
+    from llmcheck.target.tensors import changed, snapshot
 
     t = ctx.target
     model = t.build()
@@ -42,7 +42,9 @@ def measure(ctx, p) -> dict:
     params_now = dict(model.named_parameters())
     buffers_now = {f"{name}.{b}" if name else b: v for name, mod in modules.items() for b, v in mod.named_buffers()}
     return {
-        "frozen_parameters": len(frozen), "frozen_modules": list(modules), "frozen_buffers": len(buffers),
+        "frozen_parameters": len(frozen),
+        "frozen_modules": list(modules),
+        "frozen_buffers": len(buffers),
         "changed_parameters": changed(params_before, params_now, p.atol),
         "changed_buffers": changed(buffers_before, buffers_now, p.atol),
         "with_gradient": {n: float(q.grad.norm()) for n, q in frozen.items() if q.grad is not None},
@@ -56,16 +58,25 @@ def _owner(buffer: str, modules: list[str]) -> str:
 
 def judge(m: dict, p) -> Verdict:
     problems = [f"frozen parameter {n} changed (max |Δ| = {d:.3g})" for n, d in m["changed_parameters"].items()]
-    problems += [f"buffer {n} of frozen module {_owner(n, m['frozen_modules']) or '<root>'} changed "
-                 f"(max |Δ| = {d:.3g}); put frozen modules in eval() during training"
-                 for n, d in m["changed_buffers"].items()]
+    problems += [
+        f"buffer {n} of frozen module {_owner(n, m['frozen_modules']) or '<root>'} changed "
+        f"(max |Δ| = {d:.3g}); put frozen modules in eval() during training"
+        for n, d in m["changed_buffers"].items()
+    ]
     problems += [f"frozen parameter {n} received a gradient (norm {g:.3g})" for n, g in m["with_gradient"].items()]
-    problems += [f"frozen parameter {n} has requires_grad=True after training (unfrozen by model code)" for n in m["unfrozen"]]
+    problems += [
+        f"frozen parameter {n} has requires_grad=True after training (unfrozen by model code)" for n in m["unfrozen"]
+    ]
     if problems:
-        return Verdict("failed", "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else ""))
-    return Verdict("passed", f"{m['frozen_parameters']} frozen parameter(s) and {m['frozen_buffers']} buffer(s) of "
-                             f"{len(m['frozen_modules'])} frozen module(s) unchanged after {p.steps} training steps; "
-                             f"no gradient reached them")
+        return Verdict(
+            "failed", "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        )
+    return Verdict(
+        "passed",
+        f"{m['frozen_parameters']} frozen parameter(s) and {m['frozen_buffers']} buffer(s) of "
+        f"{len(m['frozen_modules'])} frozen module(s) unchanged after {p.steps} training steps; "
+        f"no gradient reached them",
+    )
 
 
 CHECK = Check(

@@ -101,7 +101,9 @@ class Probe:
         batch = self.t.batch()
         ids = self.t.tokens(batch)
         if ids is None or ids.dim() != 2:
-            raise Skip("the model's batch has no [batch, seq] token ids to fuzz (declare @llmcheck.inputs returning input_ids)")
+            raise Skip(
+                "the model's batch has no [batch, seq] token ids to fuzz (declare @llmcheck.inputs returning input_ids)"
+            )
         with torch.no_grad():
             out = self.t.logits(self.t.forward(self.model, batch))
         if out.dim() >= 2 and tuple(out.shape[:2]) == tuple(ids.shape):
@@ -130,7 +132,7 @@ class Probe:
     def __call__(self, case: dict) -> str | None:
         import torch
 
-        from llmcheck.target import UserCodeError
+        from llmcheck.target.model import UserCodeError
 
         t = self.t
         ids = _token_ids(case, t.traits.vocab_size).to(t.device)
@@ -181,14 +183,23 @@ def _search(probe, strategy, examples: int, seed: int, budget_s: float) -> dict:
                 deadline[0] = time.monotonic() + budget_s  # a fresh budget for shrinking
         return results[key] is not None
 
-    config = settings(max_examples=examples, database=None, deadline=None, phases=(Phase.generate, Phase.shrink),
-                      suppress_health_check=list(HealthCheck), verbosity=Verbosity.quiet)
+    config = settings(
+        max_examples=examples,
+        database=None,
+        deadline=None,
+        phases=(Phase.generate, Phase.shrink),
+        suppress_health_check=list(HealthCheck),
+        verbosity=Verbosity.quiet,
+    )
     try:
         found = find(strategy, failing, settings=config, random=random.Random(seed))
     except NoSuchExample:
         found = None
-    out = {"examples": len(results), "failing": sum(v is not None for v in results.values()),
-           "tried": [dict(k) for k in results]}
+    out = {
+        "examples": len(results),
+        "failing": sum(v is not None for v in results.values()),
+        "tried": [dict(k) for k in results],
+    }
     if found is not None:
         out.update(case=found, problem=results[tuple(sorted(found.items()))])
     return out
@@ -199,8 +210,12 @@ def _coverage(tried: list[dict]) -> dict:
         values = [c[key] for c in tried if key in c]
         return [min(values), max(values)] if values else None
 
-    return {"batch_size": span("batch_size"), "seq_len": span("seq_len"),
-            "tokens": sorted({c["tokens"] for c in tried}), "padding": sorted({c.get("padding", "none") for c in tried})}
+    return {
+        "batch_size": span("batch_size"),
+        "seq_len": span("seq_len"),
+        "tokens": sorted({c["tokens"] for c in tried}),
+        "padding": sorted({c.get("padding", "none") for c in tried}),
+    }
 
 
 def measure(ctx, p) -> dict:
@@ -213,7 +228,13 @@ def measure(ctx, p) -> dict:
     print(f"llmcheck fuzz: seed={seed} (replay: --llmcheck-set fuzz.seed={seed})")
     model = t.build().eval()
     masks = t.takes("attention_mask")
-    out = {"seed": seed, "vocab_size": vocab, "max_seq_len": max_len, "max_batch_size": p.max_batch_size, "masks": masks}
+    out = {
+        "seed": seed,
+        "vocab_size": vocab,
+        "max_seq_len": max_len,
+        "max_batch_size": p.max_batch_size,
+        "masks": masks,
+    }
     with Probe(t, model, masks) as probe:
         kept, tail = probe.expected
         out["output_shape"] = "[" + ", ".join([*"BT"[:kept], *map(str, tail)]) + "]"
@@ -222,8 +243,13 @@ def measure(ctx, p) -> dict:
         searches = [("free", free)]
         if "case" not in free and max_len > 1:
             ctx.progress(search="at max_seq_len")
-            pinned = _search(probe, _cases(p.max_batch_size, st.just(max_len), masks), max(4, p.examples // 5), seed + 1,
-                             max(1.0, p.max_seconds / 2))
+            pinned = _search(
+                probe,
+                _cases(p.max_batch_size, st.just(max_len), masks),
+                max(4, p.examples // 5),
+                seed + 1,
+                max(1.0, p.max_seconds / 2),
+            )
             searches.append(("at max_seq_len", pinned))
     tried = [c for _, s in searches for c in s.pop("tried")]
     out.update(searches=dict(searches), coverage=_coverage(tried), examples=len(tried))
@@ -234,14 +260,20 @@ def judge(m: dict, p) -> Verdict:
     replay = f"seed={m['seed']} (replay: --llmcheck-set fuzz.seed={m['seed']})"
     for stage, s in m["searches"].items():
         if "case" in s:
-            return Verdict("failed", f"{describe(s['case'])} {s['problem']} (minimal input after shrinking; "
-                                     f"{s['failing']} failing of {s['examples']} examples in the {stage} search; {replay})")
+            return Verdict(
+                "failed",
+                f"{describe(s['case'])} {s['problem']} (minimal input after shrinking; "
+                f"{s['failing']} failing of {s['examples']} examples in the {stage} search; {replay})",
+            )
     c = m["coverage"]
     padding = f", padding {'/'.join(c['padding'])}" if m["masks"] else ""
-    return Verdict("passed", f"{m['examples']} examples passed (batch_size {c['batch_size'][0]}..{c['batch_size'][1]}, "
-                             f"seq_len {c['seq_len'][0]}..{c['seq_len'][1]} of max {m['max_seq_len']}, "
-                             f"tokens {'/'.join(c['tokens'])} of vocab {m['vocab_size']}{padding}): no exception, "
-                             f"output shape {m['output_shape']}, finite; {replay}")
+    return Verdict(
+        "passed",
+        f"{m['examples']} examples passed (batch_size {c['batch_size'][0]}..{c['batch_size'][1]}, "
+        f"seq_len {c['seq_len'][0]}..{c['seq_len'][1]} of max {m['max_seq_len']}, "
+        f"tokens {'/'.join(c['tokens'])} of vocab {m['vocab_size']}{padding}): no exception, "
+        f"output shape {m['output_shape']}, finite; {replay}",
+    )
 
 
 CHECK = Check(
@@ -252,7 +284,9 @@ CHECK = Check(
     judge=judge,
     params={
         "examples": Param(int, 40, "examples Hypothesis generates (a fifth more with seq_len at its limit)", minimum=1),
-        "max_seconds": Param(float, 5.0, "time budget of the search (renewed once for shrinking a failure)", minimum=0.1),
+        "max_seconds": Param(
+            float, 5.0, "time budget of the search (renewed once for shrinking a failure)", minimum=0.1
+        ),
         "max_batch_size": Param(int, 4, "largest batch size tried", minimum=1),
         "max_seq_len": Param(int, 0, "longest sequence tried (0: the model's max_seq_len, else 64)", minimum=0),
         "seed": Param(int, -1, "Hypothesis seed (-1: the run's seed); printed in the message for replay", minimum=-1),

@@ -37,7 +37,7 @@ def _anomaly_origin(t, model, batch) -> str | None:
 def _gradients(ctx, p) -> dict:
     import torch
 
-    from llmcheck.tensors import first_nonfinite, record_module_outputs
+    from llmcheck.target.tensors import first_nonfinite, record_module_outputs
 
     t = ctx.target
     model = t.build().train()
@@ -62,8 +62,14 @@ def _gradients(ctx, p) -> dict:
         elif not q.grad.any():
             zero.append(name)
         norms[name] = float(q.grad.float().norm())
-    out.update(trainable=len(trainable), grad_norms=norms, no_gradient=missing, nonfinite_gradient=nonfinite,
-               zero_gradient=zero, numel={n: q.numel() for n, q in trainable.items()})
+    out.update(
+        trainable=len(trainable),
+        grad_norms=norms,
+        no_gradient=missing,
+        nonfinite_gradient=nonfinite,
+        zero_gradient=zero,
+        numel={n: q.numel() for n, q in trainable.items()},
+    )
     if nonfinite:
         out["nonfinite_origin"] = _anomaly_origin(t, t.build().train(), batch)
     return out
@@ -72,8 +78,8 @@ def _gradients(ctx, p) -> dict:
 def _overfit(ctx, p) -> dict:
     import torch
 
-    from llmcheck.target import seed_everything
-    from llmcheck.training import train_step
+    from llmcheck.target.model import seed_everything
+    from llmcheck.target.steps import train_step
 
     t = ctx.target
     model = t.build().train()
@@ -101,10 +107,15 @@ def measure(ctx, p) -> dict:
 
 def judge(m: dict, p) -> Verdict:
     if not math.isfinite(m["loss"]):
-        origin = f"; first module with a non-finite output: {m['nonfinite_origin']}" if m.get("nonfinite_origin") else ""
+        origin = (
+            f"; first module with a non-finite output: {m['nonfinite_origin']}" if m.get("nonfinite_origin") else ""
+        )
         return Verdict("failed", f"loss at init is {m['loss']} ({m['loss_kind']}){origin}")
     problems = [f"parameter {n} received no gradient" for n in m["no_gradient"]]
-    problems += [f"parameter {n} has {k} non-finite gradient value(s) of {m['numel'][n]}" for n, k in m["nonfinite_gradient"].items()]
+    problems += [
+        f"parameter {n} has {k} non-finite gradient value(s) of {m['numel'][n]}"
+        for n, k in m["nonfinite_gradient"].items()
+    ]
     if m.get("nonfinite_origin"):
         problems.append(f"anomaly mode: {m['nonfinite_origin']}")
     problems += [f"parameter {n} has an all-zero gradient" for n in m["zero_gradient"]]
@@ -112,21 +123,27 @@ def judge(m: dict, p) -> Verdict:
     expected = m["expected_init_loss"]
     if expected is not None:
         rel = abs(m["loss"] - expected) / expected
-        text = f"loss at init {m['loss']:.4g} vs ln(vocab) = {expected:.4g} ({rel:.0%} off, limit {p.init_loss_rtol:.0%})"
+        text = (
+            f"loss at init {m['loss']:.4g} vs ln(vocab) = {expected:.4g} ({rel:.0%} off, limit {p.init_loss_rtol:.0%})"
+        )
         (problems if rel > p.init_loss_rtol else notes).append(text)
     losses = m.get("overfit_losses")
     if losses:
         first, last = losses[0], losses[-1]
         drop = (first - last) / first if first > 0 else float("nan")
-        text = (f"overfitting one batch: loss {first:.4g} -> {last:.4g} in {len(losses) - 1} steps "
-                f"({drop:.0%} drop, need >= {p.min_loss_drop:.0%})")
+        text = (
+            f"overfitting one batch: loss {first:.4g} -> {last:.4g} in {len(losses) - 1} steps "
+            f"({drop:.0%} drop, need >= {p.min_loss_drop:.0%})"
+        )
         if first <= 0:
             notes.append(text + " [not judged: the loss is not positive]")
         else:
             (problems if not drop >= p.min_loss_drop else notes).append(text)
     if problems:
         return Verdict("failed", "; ".join(problems))
-    return Verdict("passed", f"all {m['trainable']} trainable parameters got finite, non-zero gradients; " + "; ".join(notes))
+    return Verdict(
+        "passed", f"all {m['trainable']} trainable parameters got finite, non-zero gradients; " + "; ".join(notes)
+    )
 
 
 CHECK = Check(
@@ -136,10 +153,14 @@ CHECK = Check(
     measure=measure,
     judge=judge,
     params={
-        "init_loss_rtol": Param(float, 0.25, "allowed relative distance of the loss at init from ln(vocab_size)", minimum=0),
+        "init_loss_rtol": Param(
+            float, 0.25, "allowed relative distance of the loss at init from ln(vocab_size)", minimum=0
+        ),
         "overfit_steps": Param(int, 50, "Adam steps on one batch", minimum=1),
         "overfit_lr": Param(float, 3e-3, "learning rate for the overfitting run", minimum=0),
         "overfit_batch_size": Param(int, 2, "size of the batch to overfit", minimum=1),
-        "min_loss_drop": Param(float, 0.3, "fraction by which the loss must fall when overfitting", minimum=0, maximum=1),
+        "min_loss_drop": Param(
+            float, 0.3, "fraction by which the loss must fall when overfitting", minimum=0, maximum=1
+        ),
     },
 )

@@ -12,9 +12,9 @@ names the first position (or generated step) that differs and the size of the di
 
 from __future__ import annotations
 
-
 from llmcheck.registry import Check, Param
 from llmcheck.results import Skip, Verdict
+
 
 class Decoder:
     """Forward calls with and without a cache, in the model's own convention."""
@@ -26,11 +26,13 @@ class Decoder:
         """(logits, cache) for ``ids`` following ``past``; ``total`` is the length with the cache."""
         import torch
 
-        from llmcheck.decoding import cache_of
+        from llmcheck.target.decoding import cache_of
 
         t, extra = self.t, {}
         if t.takes("attention_mask"):
-            extra["attention_mask"] = torch.ones(ids.shape[0], total or ids.shape[1], dtype=torch.long, device=ids.device)
+            extra["attention_mask"] = torch.ones(
+                ids.shape[0], total or ids.shape[1], dtype=torch.long, device=ids.device
+            )
         if t.takes("use_cache"):
             extra["use_cache"] = use_cache
         if past is not None:
@@ -47,10 +49,10 @@ class Decoder:
         steps = [logits]
         for pos in range(prefill, ids.shape[1]):
             if past is None:
-                from llmcheck.decoding import SEARCHED
+                from llmcheck.target.decoding import SEARCHED
 
                 return f"forward(use_cache=True) returned no cache (looked for {SEARCHED})"
-            logits, past = self(ids[:, pos:pos + 1], past, total=pos + 1)
+            logits, past = self(ids[:, pos : pos + 1], past, total=pos + 1)
             steps.append(logits)
         return torch.cat(steps, dim=1)
 
@@ -69,7 +71,7 @@ class Decoder:
                     logits, past = self(seq[:, -1:], past, total=seq.shape[1])
                 else:
                     logits, _ = self(seq, use_cache=False)
-        return seq[:, prompt.shape[1]:].tolist(), chosen_from
+        return seq[:, prompt.shape[1] :].tolist(), chosen_from
 
 
 def _per_position(a, b) -> list[float]:
@@ -100,7 +102,7 @@ def _generation(decode, ids, p, max_len) -> dict:
 def measure(ctx, p) -> dict:
     import torch
 
-    from llmcheck.tensors import model_dtype, tolerance
+    from llmcheck.target.tensors import model_dtype, tolerance
 
     t = ctx.target
     model = t.build().eval()
@@ -118,7 +120,9 @@ def measure(ctx, p) -> dict:
         for name, prefill in (("token by token", 1), ("prefill then tokens", max(1, ids.shape[1] // 2))):
             ctx.progress(probe=name)
             got = decode.incremental(ids, prefill)
-            out["probes"][name] = got if isinstance(got, str) else {"prefill": prefill, "diff": _per_position(got, full)}
+            out["probes"][name] = (
+                got if isinstance(got, str) else {"prefill": prefill, "diff": _per_position(got, full)}
+            )
         ctx.progress(probe="greedy generation")
         out.update(_generation(decode, ids, p, t.traits.max_seq_len))
     return out
@@ -132,21 +136,33 @@ def judge(m: dict, p) -> Verdict:
         bad = [(s, d) for s, d in enumerate(r["diff"]) if d > tol]
         if bad:
             s, d = bad[0]
-            problems.append(f"{name} (prefill {r['prefill']}): logits at position {s} differ from the full forward "
-                            f"(max |Δ| = {d:.3g} > tolerance {tol:.3g}; {len(bad)} of {len(r['diff'])} positions differ)")
+            problems.append(
+                f"{name} (prefill {r['prefill']}): logits at position {s} differ from the full forward "
+                f"(max |Δ| = {d:.3g} > tolerance {tol:.3g}; {len(bad)} of {len(r['diff'])} positions differ)"
+            )
     notes = []
     if "first_diff_step" in m:
         step, i = m["first_diff_step"], m["sample"]
-        text = (f"greedy generation: generated token {step} of sample {i} is {m['with_cache'][i][step]} with the cache, "
-                f"{m['without_cache'][i][step]} without (top-2 logit margin {m['margin']:.3g})")
-        (notes if m["margin"] <= 2 * tol else problems).append(text + (" [a near tie, not judged]" if m["margin"] <= 2 * tol else ""))
+        text = (
+            f"greedy generation: generated token {step} of sample {i} is {m['with_cache'][i][step]} with the cache, "
+            f"{m['without_cache'][i][step]} without (top-2 logit margin {m['margin']:.3g})"
+        )
+        (notes if m["margin"] <= 2 * tol else problems).append(
+            text + (" [a near tie, not judged]" if m["margin"] <= 2 * tol else "")
+        )
     if problems:
         return Verdict("failed", "KV cache: " + "; ".join(problems))
-    gen = (f"greedy generation of {len(m['with_cache'][0])} tokens equal with and without the cache"
-           if "with_cache" in m else f"generation {m.get('generation', 'not run')}")
+    gen = (
+        f"greedy generation of {len(m['with_cache'][0])} tokens equal with and without the cache"
+        if "with_cache" in m
+        else f"generation {m.get('generation', 'not run')}"
+    )
     worst = max((d for r in m["probes"].values() for d in r["diff"]), default=0.0)
-    return Verdict("passed", f"decoding with {m['keyword']} equals the full forward at all {m['seq_len']} positions "
-                             f"(max |Δ| = {worst:.3g} <= tolerance {tol:.3g}); " + "; ".join([gen, *notes]))
+    return Verdict(
+        "passed",
+        f"decoding with {m['keyword']} equals the full forward at all {m['seq_len']} positions "
+        f"(max |Δ| = {worst:.3g} <= tolerance {tol:.3g}); " + "; ".join([gen, *notes]),
+    )
 
 
 CHECK = Check(
@@ -157,8 +173,12 @@ CHECK = Check(
     judge=judge,
     params={
         "new_tokens": Param(int, 8, "tokens to generate greedily with and without the cache", minimum=1),
-        "tolerance_scale": Param(float, 1.0, "multiplies the dtype's tolerance "
-                                             "(fp32 1e-5, fp16 4e-3, bf16 3e-2, times max(1, max |logits|))", minimum=0),
+        "tolerance_scale": Param(
+            float,
+            1.0,
+            "multiplies the dtype's tolerance (fp32 1e-5, fp16 4e-3, bf16 3e-2, times max(1, max |logits|))",
+            minimum=0,
+        ),
     },
     needs=frozenset({"causal"}),
 )

@@ -3,12 +3,12 @@ item each, ``latency[bs=8-sl=16-bfloat16-eager]``), the median, IQR, CV and CI o
 one forward pass, p90 and p99 where the sample count supports them, tokens/s and peak memory; for
 causal models that take a cache (``past_key_values``), prefill latency, time to first token,
 per-token decode latency and decode tokens/s. Catches configurations over their budget, measured
-with statistics (llmcheck.timing): a measurement that is too noisy or has too few samples is
+with statistics (llmcheck.measuring.timing): a measurement that is too noisy or has too few samples is
 invalid and fails every budget it is judged against.
 
 With ``processes`` > 1 (default 3) the harness repeats the measurement in fresh worker processes
-(llmcheck.processes) and `merge` pools them: budgets judge the pooled numbers, whose CI of the
-median is widened by the between-process spread (llmcheck.spread), and compare reads the spread.
+(llmcheck.isolation.processes) and `merge` pools them: budgets judge the pooled numbers, whose CI of the
+median is widened by the between-process spread (llmcheck.stats.spread), and compare reads the spread.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from llmcheck import perf, processes, spread, timing
+from llmcheck.isolation import processes
+from llmcheck.measuring import perf, timing
 from llmcheck.registry import Check, Param
 from llmcheck.results import Verdict
+from llmcheck.stats import spread
 
 BUDGETS = {
     "max_p50_ms": "median forward latency must not exceed this (ms)",
@@ -29,16 +31,23 @@ BUDGETS = {
     "min_decode_tokens_per_s": "decode tokens/s (batch / median per-token latency) must reach this (models with a cache)",
 }
 # budget, series, statistic, label, unit
-RULES = [("max_p50_ms", "forward", "median_ms", "p50 latency", "ms"),
-         ("max_p99_ms", "forward", "p99_ms", "p99 latency", "ms"),
-         ("min_tokens_per_s", "forward", "tokens_per_s", "forward throughput", "tokens/s"),
-         ("max_ttft_ms", "ttft", "median_ms", "time to first token", "ms"),
-         ("min_decode_tokens_per_s", "decode", "tokens_per_s", "decode throughput", "tokens/s")]
+RULES = [
+    ("max_p50_ms", "forward", "median_ms", "p50 latency", "ms"),
+    ("max_p99_ms", "forward", "p99_ms", "p99 latency", "ms"),
+    ("min_tokens_per_s", "forward", "tokens_per_s", "forward throughput", "tokens/s"),
+    ("max_ttft_ms", "ttft", "median_ms", "time to first token", "ms"),
+    ("min_decode_tokens_per_s", "decode", "tokens_per_s", "decode throughput", "tokens/s"),
+]
 
 
 def variants(p) -> list[dict[str, Any]]:
-    return [{"bs": b, "sl": s, "precision": pr, "mode": mo}
-            for mo in p.modes for pr in p.precisions for b in p.batch_sizes for s in p.seq_lens]
+    return [
+        {"bs": b, "sl": s, "precision": pr, "mode": mo}
+        for mo in p.modes
+        for pr in p.precisions
+        for b in p.batch_sizes
+        for s in p.seq_lens
+    ]
 
 
 def _plan(p, budgets: dict[str, float]) -> timing.Plan:
@@ -71,10 +80,19 @@ def measure(ctx, p) -> dict:
     model = t.build().eval()
     bs, sl = t.shape(v["bs"], v["sl"])
     batch = t.batch(bs, sl)
-    out = {"config": dict(v), "batch_size": bs, "seq_len": sl, "device": str(t.device),
-           "threads": plan.num_threads or torch.get_num_threads(), "budgets": budgets, "validity": {}}
+    out = {
+        "config": dict(v),
+        "batch_size": bs,
+        "seq_len": sl,
+        "device": str(t.device),
+        "threads": plan.num_threads or torch.get_num_threads(),
+        "budgets": budgets,
+        "validity": {},
+    }
     with torch.no_grad(), perf.autocast(t.device, v["precision"], cache=v["mode"] != "cuda_graphs"):
-        fn, out["setup_s"] = perf.prepare(lambda m: (lambda: t.forward(m, batch)), model, v["mode"], t.device, p.compile_mode)
+        fn, out["setup_s"] = perf.prepare(
+            lambda m: lambda: t.forward(m, batch), model, v["mode"], t.device, p.compile_mode
+        )
         ctx.progress(series="forward", **v)
         fwd = timing.sample(fn, plan, device=t.device)
         out["memory"] = perf.peak_memory(fn, t.device)
@@ -87,7 +105,7 @@ def measure(ctx, p) -> dict:
 
 def _generation(ctx, t, model, batch, v, p, plan, validity):
     """Prefill, time to first token and per-token decode with the model's cache, or (None, why)."""
-    from llmcheck.decoding import CacheDecoder
+    from llmcheck.target.decoding import CacheDecoder
 
     if not t.traits.causal:
         return None, "not a causal model"
@@ -109,8 +127,14 @@ def _generation(ctx, t, model, batch, v, p, plan, validity):
     decode = timing.sample(step, plan, setup=setup, device=t.device)
     for name, m in (("prefill_ms", prefill), ("ttft_ms", ttft), ("decode_token_ms", decode)):
         perf.keep(ctx, validity, name, m)
-    gen = {"prompt_len": length, "new_tokens": p.decode_tokens, "cache_keyword": decoder.keyword,
-           "prefill": _series(prefill, bs * length), "ttft": _series(ttft, bs), "decode": _series(decode, bs)}
+    gen = {
+        "prompt_len": length,
+        "new_tokens": p.decode_tokens,
+        "cache_keyword": decoder.keyword,
+        "prefill": _series(prefill, bs * length),
+        "ttft": _series(ttft, bs),
+        "decode": _series(decode, bs),
+    }
     return gen, ""
 
 
@@ -125,13 +149,21 @@ def merge(parts: list[dict[str, Any]], p) -> dict:
 
     def series(name: str, get) -> dict[str, Any]:
         out["validity"][name] = all(pt["metrics"]["validity"].get(name, False) for pt in parts)
-        merged = spread.merge_timing([get(pt["metrics"]) for pt in parts], [pt["samples"].get(name, []) for pt in parts])
+        merged = spread.merge_timing(
+            [get(pt["metrics"]) for pt in parts], [pt["samples"].get(name, []) for pt in parts]
+        )
         return _throughput(merged)
 
     out["forward"] = series("forward_ms", lambda m: m["forward"])
     if first["generation"] and all(pt["metrics"]["generation"] for pt in parts):
-        out["generation"] = {**first["generation"], **{key: series(name, lambda m, key=key: m["generation"][key])
-                                                       for name, key in SERIES.items() if key != "forward"}}
+        out["generation"] = {
+            **first["generation"],
+            **{
+                key: series(name, lambda m, key=key: m["generation"][key])
+                for name, key in SERIES.items()
+                if key != "forward"
+            },
+        }
     speeds = [pt["metrics"]["calibration_ms"] for pt in parts if pt["metrics"].get("calibration_ms")]
     if speeds:  # the machine's speed over the item: the median process, and each one
         out["calibration_ms"], out["calibration_process_ms"] = sorted(speeds)[len(speeds) // 2], speeds
@@ -149,15 +181,23 @@ def _budget_problems(m: dict, where: str) -> list[str]:
         if series is None:
             problems.append(f"{name} = {b[name]:g} is set but {label} was not measured: {m['generation_note']}")
         elif not series["valid"]:
-            problems.append(f"{label} measurement is invalid ({'; '.join(series['invalid_reasons'])}): "
-                            f"budget {name} = {b[name]:g} cannot pass on it ({where})")
+            problems.append(
+                f"{label} measurement is invalid ({'; '.join(series['invalid_reasons'])}): "
+                f"budget {name} = {b[name]:g} cannot pass on it ({where})"
+            )
         elif series[stat] is None:
-            problems.append(f"{label} cannot be judged: {series['p99_note']} (raise max_samples and max_time_s) ({where})")
+            problems.append(
+                f"{label} cannot be judged: {series['p99_note']} (raise max_samples and max_time_s) ({where})"
+            )
         elif (series[stat] > b[name]) if name.startswith("max_") else (series[stat] < b[name]):
-            problems.append(perf.over(label, series[stat], ">" if name.startswith("max_") else "<", b[name], unit, where))
+            problems.append(
+                perf.over(label, series[stat], ">" if name.startswith("max_") else "<", b[name], unit, where)
+            )
     mem = m["memory"]["peak_memory_mb"]
     if "max_peak_memory_mb" in b and mem > b["max_peak_memory_mb"]:
-        problems.append(perf.over(f"peak memory ({m['memory']['memory_kind']})", mem, ">", b["max_peak_memory_mb"], "MB", where))
+        problems.append(
+            perf.over(f"peak memory ({m['memory']['memory_kind']})", mem, ">", b["max_peak_memory_mb"], "MB", where)
+        )
     return problems
 
 
@@ -165,24 +205,33 @@ def _fmt(label: str, s: dict) -> str:
     ci = f"CI {s['ci_low_ms']:.3g}-{s['ci_high_ms']:.3g}, " if s["ci_low_ms"] is not None else ""
     tails = ", ".join(f"p{q} {s[f'p{q}_ms']:.3g} ms" for q in (90, 99) if s[f"p{q}_ms"] is not None)
     over, between = spread.describe(s)
-    text = (f"{label} p50 {s['median_ms']:.3g} ms{' ' + over if over else ''} ({between + ', ' if between else ''}"
-            f"{ci}n={s['n']}, IQR/median {s['iqr_ratio']:.0%}{', ' + tails if tails else ''})")
+    text = (
+        f"{label} p50 {s['median_ms']:.3g} ms{' ' + over if over else ''} ({between + ', ' if between else ''}"
+        f"{ci}n={s['n']}, IQR/median {s['iqr_ratio']:.0%}{', ' + tails if tails else ''})"
+    )
     return text if s["valid"] else text + f" [invalid: {'; '.join(s['invalid_reasons'])}]"
 
 
 def judge(m: dict, p) -> Verdict:
-    where = perf.describe({**m["config"], "bs": m["batch_size"], "sl": m["seq_len"]})  # sl as run: capped at max_seq_len
+    where = perf.describe(
+        {**m["config"], "bs": m["batch_size"], "sl": m["seq_len"]}
+    )  # sl as run: capped at max_seq_len
     problems = _budget_problems(m, where)
     fw = m["forward"]
     if problems:
         over, between = spread.describe(fw)
         measured = f"; forward measured {over}{f' ({between})' if between else ''}" if over else ""
         return Verdict("failed", "; ".join(problems) + measured)
-    parts = [_fmt("forward", fw) + f", {fw['tokens_per_s']:.4g} tokens/s",
-             f"peak memory {m['memory']['peak_memory_mb']:.4g} MB ({m['memory']['memory_kind']})"]
+    parts = [
+        _fmt("forward", fw) + f", {fw['tokens_per_s']:.4g} tokens/s",
+        f"peak memory {m['memory']['peak_memory_mb']:.4g} MB ({m['memory']['memory_kind']})",
+    ]
     gen = m["generation"]
     if gen:
-        parts += [_fmt("TTFT", gen["ttft"]), _fmt("decode", gen["decode"]) + f", {gen['decode']['tokens_per_s']:.4g} tokens/s"]
+        parts += [
+            _fmt("TTFT", gen["ttft"]),
+            _fmt("decode", gen["decode"]) + f", {gen['decode']['tokens_per_s']:.4g} tokens/s",
+        ]
     else:
         parts.append(m["generation_note"])
     budgets = ", ".join(f"{k} {v:g}" for k, v in m["budgets"].items()) or "none set"
@@ -200,12 +249,26 @@ CHECK = Check(
     merge=merge,
     params={
         "batch_sizes": Param(list, [1, 8], "batch sizes, one item each", minimum=1, item_type=int),
-        "seq_lens": Param(list, [16], "sequence lengths, one item each (capped at max_seq_len)", minimum=1, item_type=int),
-        "precisions": Param(list, list(perf.PRECISIONS), "float32, bfloat16 autocast (CPU, CUDA), float16 autocast (CUDA)",
-                            item_type=str, choices=perf.PRECISIONS),
-        "modes": Param(list, ["eager"], "eager; compile (torch.compile) and cuda_graphs are opt-in, on CUDA",
-                       item_type=str, choices=perf.MODES),
-        "compile_mode": Param(str, "default", "torch.compile mode", choices=("default", "reduce-overhead", "max-autotune")),
+        "seq_lens": Param(
+            list, [16], "sequence lengths, one item each (capped at max_seq_len)", minimum=1, item_type=int
+        ),
+        "precisions": Param(
+            list,
+            list(perf.PRECISIONS),
+            "float32, bfloat16 autocast (CPU, CUDA), float16 autocast (CUDA)",
+            item_type=str,
+            choices=perf.PRECISIONS,
+        ),
+        "modes": Param(
+            list,
+            ["eager"],
+            "eager; compile (torch.compile) and cuda_graphs are opt-in, on CUDA",
+            item_type=str,
+            choices=perf.MODES,
+        ),
+        "compile_mode": Param(
+            str, "default", "torch.compile mode", choices=("default", "reduce-overhead", "max-autotune")
+        ),
         "decode_tokens": Param(int, 8, "new tokens per timed generation (models with a cache)", minimum=1),
         **timing.PARAMS,
         **processes.PARAMS,

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import gc
 import re
-import threading
 
+from llmcheck.measuring.memory import cuda_peak, rss_peak
 from llmcheck.registry import Check, Param
 from llmcheck.results import Verdict
 
@@ -24,63 +24,15 @@ MODES = ("train", "inference")
 
 
 def out_of_memory(exc: BaseException) -> str | None:
-    """"Type: message" when ``exc`` (or the user error it wraps) is an out-of-memory error."""
+    """ "Type: message" when ``exc`` (or the user error it wraps) is an out-of-memory error."""
     import torch
 
     for e in (exc, exc.__cause__):
-        if isinstance(e, (torch.OutOfMemoryError, MemoryError)) or (isinstance(e, RuntimeError) and OOM_TEXT.search(str(e))):
+        if isinstance(e, (torch.OutOfMemoryError, MemoryError)) or (
+            isinstance(e, RuntimeError) and OOM_TEXT.search(str(e))
+        ):
             return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
     return None
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
-
-
-def _cpu_peak(run) -> tuple[float, float]:
-    """(peak RSS during ``run()``, RSS before it), in bytes. Linux resets the high-water mark on
-    ``echo 5 > /proc/self/clear_refs``; elsewhere a thread samples RSS every millisecond."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        before = _status_kib("VmRSS")
-        run()
-        return float(_status_kib("VmHWM")), float(before)
-    except OSError:
-        return _sampled_peak(run)
-
-
-def _sampled_peak(run) -> tuple[float, float]:
-    import psutil
-
-    proc, done = psutil.Process(), threading.Event()
-    before = proc.memory_info().rss
-    peak = [before]
-
-    def sample():
-        while not done.wait(0.001):
-            peak[0] = max(peak[0], proc.memory_info().rss)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        run()
-    finally:
-        done.set()
-        thread.join()
-    return float(max(peak[0], proc.memory_info().rss)), float(before)
-
-
-def _cuda_peak(run, device) -> tuple[float, float]:
-    import torch
-
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    run()
-    torch.cuda.synchronize(device)
-    return float(torch.cuda.max_memory_allocated(device)), float(before)
 
 
 def limit(t, p) -> tuple[float, str]:
@@ -118,7 +70,7 @@ class Runner:
     def _step(self, batch):
         import torch
 
-        from llmcheck.training import train_step
+        from llmcheck.target.steps import train_step
 
         if self.opt is not None:
             train_step(self.t, self.model, self.opt, None, batch)
@@ -127,17 +79,25 @@ class Runner:
                 self.t.forward(self.model, batch)
 
     def measure(self, bs: int, sl: int) -> dict:
-        from llmcheck.target import UserCodeError
+        from llmcheck.target.model import UserCodeError
 
         self.ctx.progress(batch_size=bs, seq_len=sl)
-        out = {"batch_size": bs, "seq_len": sl, "peak_bytes": None, "step_bytes": None, "oom": None,
-               "predicted_bytes": self.predicted(bs, sl)}
+        out = {
+            "batch_size": bs,
+            "seq_len": sl,
+            "peak_bytes": None,
+            "step_bytes": None,
+            "oom": None,
+            "predicted_bytes": self.predicted(bs, sl),
+        }
         if out["predicted_bytes"] is not None and out["predicted_bytes"] > 1.5 * self.limit:
             return {**out, "fits": False}  # not run: it would most likely be OOM-killed
         try:
             batch = self.t.batch(batch_size=bs, seq_len=sl)
             cuda = self.t.device.type == "cuda"
-            peak, before = _cuda_peak(lambda: self._step(batch), self.t.device) if cuda else _cpu_peak(lambda: self._step(batch))
+            peak, before = (
+                cuda_peak(lambda: self._step(batch), self.t.device) if cuda else rss_peak(lambda: self._step(batch))
+            )
             out.update(peak_bytes=peak, step_bytes=peak - before)
         except (UserCodeError, RuntimeError, MemoryError) as exc:
             out["oom"] = out_of_memory(exc)
@@ -191,9 +151,18 @@ def measure(ctx, p) -> dict:
     best, tried = largest_batch(runner, seq_lens[-1], p.max_batch_size)
     first_fail = min((r for r in tried if not r["fits"]), key=lambda r: r["batch_size"], default=None)
     ctx.record_samples("sweep_peak_bytes", [r["peak_bytes"] or 0.0 for r in sweep])
-    return {"mode": p.mode, "device": str(t.device), "limit_bytes": runner.limit, "limit_source": runner.limit_source,
-            "sweep": sweep, "search_seq_len": seq_lens[-1], "max_batch_size": best, "search": tried,
-            "first_failure": first_fail, "capped": best >= p.max_batch_size}
+    return {
+        "mode": p.mode,
+        "device": str(t.device),
+        "limit_bytes": runner.limit,
+        "limit_source": runner.limit_source,
+        "sweep": sweep,
+        "search_seq_len": seq_lens[-1],
+        "max_batch_size": best,
+        "search": tried,
+        "first_failure": first_fail,
+        "capped": best >= p.max_batch_size,
+    }
 
 
 def _mib(n: float | None) -> str:
@@ -204,8 +173,10 @@ def _why(r: dict, m: dict) -> str:
     if r["oom"]:
         return f"batch {r['batch_size']} x {r['seq_len']} raised {r['oom']}"
     if r["peak_bytes"] is None:
-        return (f"batch {r['batch_size']} x {r['seq_len']} would need about {_mib(r['predicted_bytes'])} > limit "
-                f"{_mib(m['limit_bytes'])} (extrapolated, not run)")
+        return (
+            f"batch {r['batch_size']} x {r['seq_len']} would need about {_mib(r['predicted_bytes'])} > limit "
+            f"{_mib(m['limit_bytes'])} (extrapolated, not run)"
+        )
     return f"batch {r['batch_size']} x {r['seq_len']} peaks at {_mib(r['peak_bytes'])} > limit {_mib(m['limit_bytes'])}"
 
 
@@ -213,14 +184,26 @@ def judge(m: dict, p) -> Verdict:
     problems = [_why(r, m) for r in m["sweep"] if not r["fits"]]
     best = m["max_batch_size"]
     if best < p.min_batch_size:
-        problems.append(f"largest batch that fits at seq_len {m['search_seq_len']} is {best} < min_batch_size {p.min_batch_size}")
+        problems.append(
+            f"largest batch that fits at seq_len {m['search_seq_len']} is {best} < min_batch_size {p.min_batch_size}"
+        )
     fail = m["first_failure"]
-    bound = (f"; {_why(fail, m)}" if fail else
-             f" (search capped at max_batch_size {p.max_batch_size})" if m["capped"] else "")
-    found = (f"largest batch that fits: {best} at seq_len {m['search_seq_len']} ({m['mode']} step, limit "
-             f"{_mib(m['limit_bytes'])} from {m['limit_source']}){bound}")
-    table = ", ".join(f"{r['batch_size']}x{r['seq_len']}: {_mib(r['peak_bytes'])} (step +{_mib(r['step_bytes'])})"
-                      for r in m["sweep"] if r["fits"])
+    bound = (
+        f"; {_why(fail, m)}"
+        if fail
+        else f" (search capped at max_batch_size {p.max_batch_size})"
+        if m["capped"]
+        else ""
+    )
+    found = (
+        f"largest batch that fits: {best} at seq_len {m['search_seq_len']} ({m['mode']} step, limit "
+        f"{_mib(m['limit_bytes'])} from {m['limit_source']}){bound}"
+    )
+    table = ", ".join(
+        f"{r['batch_size']}x{r['seq_len']}: {_mib(r['peak_bytes'])} (step +{_mib(r['step_bytes'])})"
+        for r in m["sweep"]
+        if r["fits"]
+    )
     if problems:
         return Verdict("failed", "; ".join(problems) + f"; {found}")
     return Verdict("passed", f"{found}; peak per batch x seq_len: {table}")
@@ -234,11 +217,19 @@ CHECK = Check(
     judge=judge,
     params={
         "batch_sizes": Param(list, [1, 2, 4, 8], "batch sizes of the sweep (each must fit)", item_type=int, minimum=1),
-        "seq_lens": Param(list, [16, 64], "sequence lengths of the sweep (capped at max_seq_len); the search uses "
-                          "the longest", item_type=int, minimum=1),
-        "mode": Param(str, "train", "step to measure: train (forward, backward, optimizer) or inference", choices=MODES),
-        "budget_mb": Param(float, 0.0, "memory limit in MiB (0: the device's memory on CUDA, 90% of available RAM "
-                           "on CPU)", minimum=0),
+        "seq_lens": Param(
+            list,
+            [16, 64],
+            "sequence lengths of the sweep (capped at max_seq_len); the search uses the longest",
+            item_type=int,
+            minimum=1,
+        ),
+        "mode": Param(
+            str, "train", "step to measure: train (forward, backward, optimizer) or inference", choices=MODES
+        ),
+        "budget_mb": Param(
+            float, 0.0, "memory limit in MiB (0: the device's memory on CUDA, 90% of available RAM on CPU)", minimum=0
+        ),
         "max_batch_size": Param(int, 256, "largest batch size the search tries", minimum=1),
         "min_batch_size": Param(int, 1, "the check fails when the largest batch that fits is smaller", minimum=1),
     },

@@ -23,8 +23,10 @@ def _inputs(t, batch, ids, mask, side: str | None = None):
     if isinstance(batch, Mapping) and side:
         n, seq = batch["input_ids"].shape
         pad = ids.shape[1] - seq
-        batch = {k: _pad(v, pad, side, 0) if k != "input_ids" and v.dim() >= 2 and tuple(v.shape[:2]) == (n, seq) else v
-                 for k, v in batch.items()}
+        batch = {
+            k: _pad(v, pad, side, 0) if k != "input_ids" and v.dim() >= 2 and tuple(v.shape[:2]) == (n, seq) else v
+            for k, v in batch.items()
+        }
     return t.with_mask(batch, ids, mask)
 
 
@@ -46,7 +48,7 @@ def _pad_id(model, p) -> int:
 def _side(t, model, batch, ids, base, side: str, pad: int, pad_id: int, tol: float) -> dict:
     import torch
 
-    from llmcheck.tensors import max_abs_diff, worst_index
+    from llmcheck.target.tensors import max_abs_diff, worst_index
 
     n, seq = ids.shape
     padded_ids = _pad(ids, pad, side, pad_id)
@@ -59,8 +61,9 @@ def _side(t, model, batch, ids, base, side: str, pad: int, pad_id: int, tol: flo
     if found["max_abs_diff"] > tol:
         sample, position = worst_index(real, base)[:2]
         unmasked = _run(t, model, _inputs(t, batch, padded_ids, torch.ones_like(mask), side))
-        found.update(sample=sample, position=position, token=int(ids[sample, position]),
-                     mask_effect=max_abs_diff(out, unmasked))
+        found.update(
+            sample=sample, position=position, token=int(ids[sample, position]), mask_effect=max_abs_diff(out, unmasked)
+        )
     return found
 
 
@@ -72,7 +75,7 @@ def _run(t, model, inputs):
 def measure(ctx, p) -> dict:
     import torch
 
-    from llmcheck.tensors import model_dtype, tolerance
+    from llmcheck.target.tensors import model_dtype, tolerance
 
     t = ctx.target
     model = t.build().eval()
@@ -81,9 +84,16 @@ def measure(ctx, p) -> dict:
     batch = t.batch()
     ids = t.tokens(batch)
     if ids is None or ids.dim() != 2:
-        raise Skip("the model's batch has no [batch, seq] token ids to pad (declare @llmcheck.inputs returning input_ids)")
+        raise Skip(
+            "the model's batch has no [batch, seq] token ids to pad (declare @llmcheck.inputs returning input_ids)"
+        )
     pad_id = _pad_id(model, p)
-    out = {"pad_tokens": p.pad_tokens, "pad_token_id": pad_id, "takes_position_ids": t.takes("position_ids"), "sides": {}}
+    out = {
+        "pad_tokens": p.pad_tokens,
+        "pad_token_id": pad_id,
+        "takes_position_ids": t.takes("position_ids"),
+        "sides": {},
+    }
     with torch.no_grad():
         base = _run(t, model, _inputs(t, batch, ids, torch.ones_like(ids)))
         out["tolerance"] = tol = tolerance(model_dtype(model), base, p.tolerance_scale)
@@ -98,20 +108,27 @@ def judge(m: dict, p) -> Verdict:
     for side, r in m["sides"].items():
         if r["max_abs_diff"] <= m["tolerance"]:
             continue
-        text = (f"{side} padding ({m['pad_tokens']} pad tokens, id {m['pad_token_id']}): the output of the real token at "
-                f"sample {r['sample']}, position {r['position']} (id {r['token']}) changes by {r['max_abs_diff']:.3g} "
-                f"> tolerance {m['tolerance']:.3g}")
+        text = (
+            f"{side} padding ({m['pad_tokens']} pad tokens, id {m['pad_token_id']}): the output of the real token at "
+            f"sample {r['sample']}, position {r['position']} (id {r['token']}) changes by {r['max_abs_diff']:.3g} "
+            f"> tolerance {m['tolerance']:.3g}"
+        )
         if r["mask_effect"] == 0:
             text += "; attention_mask has no effect on the output: it is accepted and ignored"
         elif side == "left" and not m["takes_position_ids"]:
-            text += ("; the forward takes no position_ids, so if positions count from the first pad token, "
-                     "derive them from attention_mask (mask.cumsum(-1) - 1)")
+            text += (
+                "; the forward takes no position_ids, so if positions count from the first pad token, "
+                "derive them from attention_mask (mask.cumsum(-1) - 1)"
+            )
         problems.append(text)
     if problems:
         return Verdict("failed", "; ".join(problems))
     sides = ", ".join(f"{side} max |Δ| = {r['max_abs_diff']:.3g}" for side, r in m["sides"].items())
-    return Verdict("passed", f"real tokens' outputs unchanged by {m['pad_tokens']} masked pad tokens "
-                             f"({sides}; tolerance {m['tolerance']:.3g})")
+    return Verdict(
+        "passed",
+        f"real tokens' outputs unchanged by {m['pad_tokens']} masked pad tokens "
+        f"({sides}; tolerance {m['tolerance']:.3g})",
+    )
 
 
 CHECK = Check(
@@ -124,7 +141,11 @@ CHECK = Check(
         "pad_tokens": Param(int, 4, "pad tokens added to every sample", minimum=1),
         "sides": Param(list, ["left", "right"], "padding sides to probe", item_type=str, choices=("left", "right")),
         "pad_token_id": Param(int, -1, "token id of the pads (-1: the config's pad_token_id, else 0)", minimum=-1),
-        "tolerance_scale": Param(float, 1.0, "multiplies the dtype's tolerance "
-                                             "(fp32 1e-5, fp16 4e-3, bf16 3e-2, times max(1, max |output|))", minimum=0),
+        "tolerance_scale": Param(
+            float,
+            1.0,
+            "multiplies the dtype's tolerance (fp32 1e-5, fp16 4e-3, bf16 3e-2, times max(1, max |output|))",
+            minimum=0,
+        ),
     },
 )

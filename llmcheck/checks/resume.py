@@ -15,9 +15,9 @@ from llmcheck.results import Verdict
 def measure(ctx, p) -> dict:
     import torch
 
-    from llmcheck.target import seed_everything
-    from llmcheck.tensors import changed, hidden_state, hidden_state_differences, snapshot
-    from llmcheck.training import rng_state, set_rng_state, train_step
+    from llmcheck.target.model import seed_everything
+    from llmcheck.target.steps import rng_state, set_rng_state, train_step
+    from llmcheck.target.tensors import changed, hidden_state, hidden_state_differences, snapshot
 
     if not 0 < p.resume_at < p.steps:
         raise ValueError(f"resume.resume_at = {p.resume_at} must lie between 0 and resume.steps = {p.steps}")
@@ -31,8 +31,15 @@ def measure(ctx, p) -> dict:
     after_step, saved_hidden, ref_losses = {}, {}, []
     for i in range(p.steps):
         if i == p.resume_at:
-            torch.save({"model": reference.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict() if sched else None, "rng": rng_state()}, path)
+            torch.save(
+                {
+                    "model": reference.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict() if sched else None,
+                    "rng": rng_state(),
+                },
+                path,
+            )
             saved_hidden = hidden_state(reference)
         ctx.progress(run="uninterrupted", step=i + 1)
         ref_losses.append(train_step(t, reference, opt, sched, batches[i]))
@@ -57,24 +64,37 @@ def measure(ctx, p) -> dict:
         if diff and first is None:
             name = next(iter(diff))
             first = {"step": i + 1, "parameter": name, "max_abs_diff": diff[name], "n_parameters": len(diff)}
-    return {"steps": p.steps, "resume_at": p.resume_at, "first_divergence": first,
-            "losses_uninterrupted": ref_losses, "losses_resumed": res_losses,
-            "not_restored": not_restored, "scheduler": sched is not None, "checkpoint_bytes": path.stat().st_size}
+    return {
+        "steps": p.steps,
+        "resume_at": p.resume_at,
+        "first_divergence": first,
+        "losses_uninterrupted": ref_losses,
+        "losses_resumed": res_losses,
+        "not_restored": not_restored,
+        "scheduler": sched is not None,
+        "checkpoint_bytes": path.stat().st_size,
+    }
 
 
 def judge(m: dict, p) -> Verdict:
     first = m["first_divergence"]
     if first is None:
         what = "model, optimizer" + (", scheduler" if m["scheduler"] else "") + " and RNG"
-        return Verdict("passed", f"resumed at step {m['resume_at']} of {m['steps']} from a checkpoint of {what}: "
-                                 f"parameters match the uninterrupted run after every step (max |Δ| <= atol {p.atol:g})")
+        return Verdict(
+            "passed",
+            f"resumed at step {m['resume_at']} of {m['steps']} from a checkpoint of {what}: "
+            f"parameters match the uninterrupted run after every step (max |Δ| <= atol {p.atol:g})",
+        )
     hint = ""
     if m["not_restored"]:
         state = "; ".join(f"{k} ({v})" for k, v in list(m["not_restored"].items())[:5])
         hint = f"; state outside the checkpoint that differs after restore: {state}"
-    return Verdict("failed", f"after resuming at step {m['resume_at']}, parameter {first['parameter']} first differs "
-                             f"from the uninterrupted run at step {first['step']} (max |Δ| = {first['max_abs_diff']:.3g} "
-                             f"> atol {p.atol:g}; {first['n_parameters']} parameter(s) differ){hint}")
+    return Verdict(
+        "failed",
+        f"after resuming at step {m['resume_at']}, parameter {first['parameter']} first differs "
+        f"from the uninterrupted run at step {first['step']} (max |Δ| = {first['max_abs_diff']:.3g} "
+        f"> atol {p.atol:g}; {first['n_parameters']} parameter(s) differ){hint}",
+    )
 
 
 CHECK = Check(

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmcheck import perf, timing
+from llmcheck.measuring import perf, timing
 from llmcheck.registry import Check, Param
 from llmcheck.results import Verdict
 
 BUDGETS = {
-    "min_tokens_per_s": "inference tokens/s must reach this at each batch size (select one with budgets: {\"bs=16\": ...})",
+    "min_tokens_per_s": 'inference tokens/s must reach this at each batch size (select one with budgets: {"bs=16": ...})',
     "min_train_tokens_per_s": "training-step tokens/s must reach this at each batch size",
     "min_parallel_efficiency": "scaling efficiency of parallel inference must reach this (0-1; needs parallel_workers > 1)",
 }
@@ -47,7 +47,9 @@ def _train_maker(t, batch, precision: str, device, optimizer):
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
+
         return step
+
     return make
 
 
@@ -56,10 +58,18 @@ def _point(ctx, t, models: dict, bs: int, sl: int, v: dict, p, plan: timing.Plan
 
     batch, tokens = t.batch(bs, sl), bs * sl
     with torch.no_grad(), perf.autocast(t.device, v["precision"], cache=v["mode"] != "cuda_graphs"):
-        fn, setup = perf.prepare(lambda m: (lambda: t.forward(m, batch)), models["eval"], v["mode"], t.device, p.compile_mode)
+        fn, setup = perf.prepare(
+            lambda m: lambda: t.forward(m, batch), models["eval"], v["mode"], t.device, p.compile_mode
+        )
         infer = timing.sample(fn, plan, device=t.device)
     perf.keep(ctx, validity, f"inference_bs={bs}_ms", infer)
-    point = {"batch_size": bs, "tokens": tokens, "inference": _series(infer, tokens), "setup_s": setup, "training": None}
+    point = {
+        "batch_size": bs,
+        "tokens": tokens,
+        "inference": _series(infer, tokens),
+        "setup_s": setup,
+        "training": None,
+    }
     if models["optimizer"] is not None and v["mode"] != "cuda_graphs":
         make = _train_maker(t, batch, v["precision"], t.device, models["optimizer"])
         step, point["train_setup_s"] = perf.prepare(make, models["train"], v["mode"], t.device, p.compile_mode)
@@ -79,16 +89,22 @@ def knee(points: list[dict], kind: str, fraction: float) -> dict[str, Any] | Non
     best_bs, best = max(curve, key=lambda x: x[1]["tokens_per_s"] or 0)
     for bs, s in curve:
         if (s["tokens_per_s"] or 0) >= fraction * best["tokens_per_s"]:
-            return {"batch_size": bs, "tokens_per_s": s["tokens_per_s"], "latency_ms": s["median_ms"],
-                    "peak_batch_size": best_bs, "peak_tokens_per_s": best["tokens_per_s"],
-                    "at_largest": bs == curve[-1][0], "all_valid": all(x["valid"] for _, x in curve)}
+            return {
+                "batch_size": bs,
+                "tokens_per_s": s["tokens_per_s"],
+                "latency_ms": s["median_ms"],
+                "peak_batch_size": best_bs,
+                "peak_tokens_per_s": best["tokens_per_s"],
+                "at_largest": bs == curve[-1][0],
+                "all_valid": all(x["valid"] for _, x in curve),
+            }
     return None
 
 
 def _flops(t, models: dict, sl: int, v: dict, p, points: list[dict]) -> dict[str, Any]:
     import torch
 
-    from llmcheck import flops
+    from llmcheck.measuring import flops
 
     out = flops.analytic(models["eval"], sl)
     batch = t.batch(1, sl)
@@ -102,8 +118,10 @@ def _flops(t, models: dict, sl: int, v: dict, p, points: list[dict]) -> dict[str
     name = torch.cuda.get_device_name(t.device) if t.device.type == "cuda" else "cpu"
     peak, out["peak_source"] = flops.peak_flops(name, v["precision"], p.peak_tflops)
     out["device_name"], out["peak_flops_per_s"] = name, peak
-    for kind, per_token in (("inference", out["forward_per_token_counted"] or out["forward_per_token"]),
-                            ("training", out["train_per_token_counted"] or out["train_per_token"])):
+    for kind, per_token in (
+        ("inference", out["forward_per_token_counted"] or out["forward_per_token"]),
+        ("training", out["train_per_token_counted"] or out["train_per_token"]),
+    ):
         best = max((pt[kind]["tokens_per_s"] or 0 for pt in points if pt.get(kind)), default=None)
         out[kind] = flops.utilisation(per_token, best, peak)
     return out
@@ -112,21 +130,37 @@ def _flops(t, models: dict, sl: int, v: dict, p, points: list[dict]) -> dict[str
 def _parallel(ctx, t, v: dict, p, sl: int, plan: timing.Plan) -> dict[str, Any]:
     import torch
 
-    from llmcheck import parallel
+    from llmcheck.measuring import parallel
 
     workers = p.parallel_workers
     cpu = t.device.type == "cpu"
     threads = max(1, (plan.num_threads or torch.get_num_threads()) // workers) if cpu else 1
-    job = {"batch_size": p.parallel_batch_size, "seq_len": sl, "precision": v["precision"], "seconds": p.parallel_time_s,
-           "warmup_iters": 3, "threads": threads, "devices": parallel.devices(str(t.device), workers), "start_timeout": 120}
+    job = {
+        "batch_size": p.parallel_batch_size,
+        "seq_len": sl,
+        "precision": v["precision"],
+        "seconds": p.parallel_time_s,
+        "warmup_iters": 3,
+        "threads": threads,
+        "devices": parallel.devices(str(t.device), workers),
+        "start_timeout": 120,
+    }
     ctx.progress(parallel="one process alone")
     alone = parallel.solo(t, job)
     ctx.progress(parallel=f"{workers} processes")
     results = parallel.run(str(t.path), t.name, dict(t.settings), job, workers)
     total = sum(r["tokens_per_s"] for r in results)
-    return {"workers": workers, "threads_per_worker": threads, "devices": job["devices"], "batch_size": p.parallel_batch_size,
-            "seconds": p.parallel_time_s, "per_worker": results, "solo_tokens_per_s": alone["tokens_per_s"],
-            "aggregate_tokens_per_s": total, "scaling_efficiency": total / (workers * alone["tokens_per_s"])}
+    return {
+        "workers": workers,
+        "threads_per_worker": threads,
+        "devices": job["devices"],
+        "batch_size": p.parallel_batch_size,
+        "seconds": p.parallel_time_s,
+        "per_worker": results,
+        "solo_tokens_per_s": alone["tokens_per_s"],
+        "aggregate_tokens_per_s": total,
+        "scaling_efficiency": total / (workers * alone["tokens_per_s"]),
+    }
 
 
 def measure(ctx, p) -> dict:
@@ -140,8 +174,13 @@ def measure(ctx, p) -> dict:
     models = {"eval": t.build().eval(), "train": t.build().train()}
     train = p.train and any(q.requires_grad for q in models["train"].parameters())
     models["optimizer"] = t.optimizer(models["train"])[0] if train else None
-    out: dict[str, Any] = {"config": dict(v), "seq_len": sl, "device": str(t.device),
-                           "threads": plan.num_threads or torch.get_num_threads(), "validity": {}}
+    out: dict[str, Any] = {
+        "config": dict(v),
+        "seq_len": sl,
+        "device": str(t.device),
+        "threads": plan.num_threads or torch.get_num_threads(),
+        "validity": {},
+    }
     out["points"] = []
     for bs in p.batch_sizes:
         ctx.progress(batch_size=bs, **v)
@@ -165,28 +204,48 @@ def _budget_problems(m: dict, p) -> list[str]:
             if series is None:
                 problems.append(f"{name} = {budgets[name]:g} is set but {kind} was not measured ({where})")
             elif not series["valid"]:
-                problems.append(f"{kind} measurement is invalid ({'; '.join(series['invalid_reasons'])}): "
-                                f"budget {name} = {budgets[name]:g} cannot pass on it ({where})")
+                problems.append(
+                    f"{kind} measurement is invalid ({'; '.join(series['invalid_reasons'])}): "
+                    f"budget {name} = {budgets[name]:g} cannot pass on it ({where})"
+                )
             elif series["tokens_per_s"] < budgets[name]:
-                problems.append(perf.over(f"{kind} throughput", series["tokens_per_s"], "<", budgets[name], "tokens/s", where))
+                problems.append(
+                    perf.over(f"{kind} throughput", series["tokens_per_s"], "<", budgets[name], "tokens/s", where)
+                )
     limit = perf.budgets_for(p, m["config"], BUDGETS).get("min_parallel_efficiency")
     par = m["parallel"]
     if limit is not None and par is None:
-        problems.append(f"min_parallel_efficiency = {limit:g} is set but parallel inference did not run: set parallel_workers > 1")
+        problems.append(
+            f"min_parallel_efficiency = {limit:g} is set but parallel inference did not run: set parallel_workers > 1"
+        )
     elif limit is not None and par["scaling_efficiency"] < limit:
-        problems.append(f"parallel scaling efficiency {par['scaling_efficiency']:.0%} < {limit:.0%} "
-                        f"({par['workers']} processes: {par['aggregate_tokens_per_s']:.4g} tokens/s vs {par['solo_tokens_per_s']:.4g} alone)")
+        problems.append(
+            f"parallel scaling efficiency {par['scaling_efficiency']:.0%} < {limit:.0%} "
+            f"({par['workers']} processes: {par['aggregate_tokens_per_s']:.4g} tokens/s vs {par['solo_tokens_per_s']:.4g} alone)"
+        )
     return problems
 
 
 def _curve(m: dict, kind: str) -> str:
     k = m["knee"][kind]
     if k is None:
-        why = "CUDA Graphs mode times inference only" if m["config"]["mode"] == "cuda_graphs" else "train = false or nothing trainable"
+        why = (
+            "CUDA Graphs mode times inference only"
+            if m["config"]["mode"] == "cuda_graphs"
+            else "train = false or nothing trainable"
+        )
         return f"{kind}: not measured ({why})"
-    pts = ", ".join(f"bs {pt['batch_size']}: {pt[kind]['tokens_per_s']:.4g} tok/s @ p50 {pt[kind]['median_ms']:.3g} ms"
-                    + ("" if pt[kind]["valid"] else " [invalid]") for pt in m["points"] if pt.get(kind))
-    where = "the largest batch measured: the curve is still rising" if k["at_largest"] else f"peak {k['peak_tokens_per_s']:.4g} at bs {k['peak_batch_size']}"
+    pts = ", ".join(
+        f"bs {pt['batch_size']}: {pt[kind]['tokens_per_s']:.4g} tok/s @ p50 {pt[kind]['median_ms']:.3g} ms"
+        + ("" if pt[kind]["valid"] else " [invalid]")
+        for pt in m["points"]
+        if pt.get(kind)
+    )
+    where = (
+        "the largest batch measured: the curve is still rising"
+        if k["at_largest"]
+        else f"peak {k['peak_tokens_per_s']:.4g} at bs {k['peak_batch_size']}"
+    )
     mfu = m["flops"][kind]["mfu"]
     return f"{kind} [{pts}], knee at bs {k['batch_size']} ({where}), MFU {f'{mfu:.2%}' if mfu is not None else 'n/a'}"
 
@@ -196,14 +255,19 @@ def judge(m: dict, p) -> Verdict:
     if problems:
         return Verdict("failed", "; ".join(problems))
     f = m["flops"]
-    parts = [_curve(m, "inference"), _curve(m, "training"),
-             f"FLOPs/token forward {f['forward_per_token']:.3g} analytic (2N)"
-             + (f", {f['forward_per_token_counted']:.3g} counted" if f["forward_per_token_counted"] else "")
-             + ("" if f["peak_flops_per_s"] else f"; {f['peak_source']}")]
+    parts = [
+        _curve(m, "inference"),
+        _curve(m, "training"),
+        f"FLOPs/token forward {f['forward_per_token']:.3g} analytic (2N)"
+        + (f", {f['forward_per_token_counted']:.3g} counted" if f["forward_per_token_counted"] else "")
+        + ("" if f["peak_flops_per_s"] else f"; {f['peak_source']}"),
+    ]
     par = m["parallel"]
     if par:
-        parts.append(f"parallel: {par['workers']} processes x {par['threads_per_worker']} threads, {par['aggregate_tokens_per_s']:.4g} "
-                     f"tokens/s in all, efficiency {par['scaling_efficiency']:.0%} of {par['solo_tokens_per_s']:.4g} alone")
+        parts.append(
+            f"parallel: {par['workers']} processes x {par['threads_per_worker']} threads, {par['aggregate_tokens_per_s']:.4g} "
+            f"tokens/s in all, efficiency {par['scaling_efficiency']:.0%} of {par['solo_tokens_per_s']:.4g} alone"
+        )
     return Verdict("passed", f"{perf.describe(m['config'])}, seq {m['seq_len']}: " + "; ".join(parts))
 
 
@@ -218,17 +282,40 @@ CHECK = Check(
     params={
         "batch_sizes": Param(list, [1, 4, 16], "batch sizes of the sweep", minimum=1, item_type=int),
         "seq_len": Param(int, 16, "sequence length (capped at max_seq_len)", minimum=1),
-        "precisions": Param(list, list(perf.PRECISIONS), "float32, bfloat16 autocast (CPU, CUDA), float16 autocast + GradScaler (CUDA)",
-                            item_type=str, choices=perf.PRECISIONS),
-        "modes": Param(list, ["eager"], "eager; compile and cuda_graphs (inference only) are opt-in, on CUDA",
-                       item_type=str, choices=perf.MODES),
-        "compile_mode": Param(str, "default", "torch.compile mode", choices=("default", "reduce-overhead", "max-autotune")),
+        "precisions": Param(
+            list,
+            list(perf.PRECISIONS),
+            "float32, bfloat16 autocast (CPU, CUDA), float16 autocast + GradScaler (CUDA)",
+            item_type=str,
+            choices=perf.PRECISIONS,
+        ),
+        "modes": Param(
+            list,
+            ["eager"],
+            "eager; compile and cuda_graphs (inference only) are opt-in, on CUDA",
+            item_type=str,
+            choices=perf.MODES,
+        ),
+        "compile_mode": Param(
+            str, "default", "torch.compile mode", choices=("default", "reduce-overhead", "max-autotune")
+        ),
         "train": Param(bool, True, "also time a training step (forward, backward, optimizer step)"),
-        "knee_fraction": Param(float, 0.9, "the knee is the smallest batch size reaching this fraction of the best tokens/s",
-                               minimum=0.01, maximum=1),
-        "count_flops": Param(bool, True, "also count FLOPs with torch.utils.flop_counter (its first use imports "
-                                          "torch._dynamo: about 2 s per worker on a CPU machine)"),
-        "peak_tflops": Param(float, None, "peak TFLOP/s for MFU when the device is not in the table (e.g. a CPU)", minimum=0),
+        "knee_fraction": Param(
+            float,
+            0.9,
+            "the knee is the smallest batch size reaching this fraction of the best tokens/s",
+            minimum=0.01,
+            maximum=1,
+        ),
+        "count_flops": Param(
+            bool,
+            True,
+            "also count FLOPs with torch.utils.flop_counter (its first use imports "
+            "torch._dynamo: about 2 s per worker on a CPU machine)",
+        ),
+        "peak_tflops": Param(
+            float, None, "peak TFLOP/s for MFU when the device is not in the table (e.g. a CPU)", minimum=0
+        ),
         "parallel_workers": Param(int, 1, "processes for parallel inference (1: off)", minimum=1),
         "parallel_batch_size": Param(int, 1, "batch size of each parallel process", minimum=1),
         "parallel_time_s": Param(float, 1.0, "seconds each parallel process runs forwards", minimum=0.05),

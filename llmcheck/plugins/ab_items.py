@@ -1,7 +1,7 @@
 """``pytest --llmcheck HEAD --llmcheck-ab-base BASE``: latency and throughput items run the A/B loop.
 
 Each such item measures its own configuration against the model of the same name in BASE
-(`llmcheck.ab`), and its record's metrics hold the A/B result under ``ab``: the pairs, the ratio,
+(`llmcheck.ab.engine`), and its record's metrics hold the A/B result under ``ab``: the pairs, the ratio,
 its interval and the verdict. A regression fails the item; a model that BASE does not declare is
 an error item that names it. BASE is described once per session (and a ``git:REF:path`` worktree
 is removed when the session ends).
@@ -16,24 +16,42 @@ from typing import Any
 
 import pytest
 
-from llmcheck import ab, ab_sources
+from llmcheck.ab import engine as ab
+from llmcheck.ab import sources as ab_sources
 from llmcheck.results import Result
-from llmcheck.settings import SettingsError, resolve
+from llmcheck.settings import SettingsError, UsageError, duration, fraction, resolve
 
 BASE_KEY = pytest.StashKey[dict]()
 
 
 def add_options(group) -> None:
-    group.addoption("--llmcheck-ab-base", metavar="BASE",
-                    help="A/B mode: latency and throughput items are measured interleaved against the same-named model "
-                         "of BASE (a model file, folder or git:REF:path); their verdict is the ratio HEAD/BASE")
-    group.addoption("--llmcheck-ab-budget", metavar="TIME", default="30s", help="A/B time budget per item (default 30s)")
-    group.addoption("--llmcheck-ab-precision", metavar="FRACTION", default="0.02",
-                    help="A/B: stop an item once its CI half-width is within this (default 2%%)")
-    group.addoption("--llmcheck-ab-threshold", metavar="FRACTION", default="5%",
-                    help="A/B: the smallest change that counts (default 5%%)")
-    group.addoption("--llmcheck-ab-statistic", choices=sorted(ab.STATISTICS), default=ab.Options.statistic,
-                    help="A/B: statistic of each process's samples (default %(default)s)")
+    group.addoption(
+        "--llmcheck-ab-base",
+        metavar="BASE",
+        help="A/B mode: latency and throughput items are measured interleaved against the same-named model "
+        "of BASE (a model file, folder or git:REF:path); their verdict is the ratio HEAD/BASE",
+    )
+    group.addoption(
+        "--llmcheck-ab-budget", metavar="TIME", default="30s", help="A/B time budget per item (default 30s)"
+    )
+    group.addoption(
+        "--llmcheck-ab-precision",
+        metavar="FRACTION",
+        default="0.02",
+        help="A/B: stop an item once its CI half-width is within this (default 2%%)",
+    )
+    group.addoption(
+        "--llmcheck-ab-threshold",
+        metavar="FRACTION",
+        default="5%",
+        help="A/B: the smallest change that counts (default 5%%)",
+    )
+    group.addoption(
+        "--llmcheck-ab-statistic",
+        choices=sorted(ab.STATISTICS),
+        default=ab.Options.statistic,
+        help="A/B: statistic of each process's samples (default %(default)s)",
+    )
 
 
 def applies(item) -> bool:
@@ -41,12 +59,12 @@ def applies(item) -> bool:
 
 
 def _options(config) -> ab.Options:
-    from llmcheck.ab_cli import duration, fraction
-
-    return ab.Options(budget_s=duration(config.getoption("llmcheck_ab_budget")),
-                      precision=fraction(config.getoption("llmcheck_ab_precision"), "--llmcheck-ab-precision"),
-                      threshold=fraction(config.getoption("llmcheck_ab_threshold"), "--llmcheck-ab-threshold"),
-                      statistic=config.getoption("llmcheck_ab_statistic"))
+    return ab.Options(
+        budget_s=duration(config.getoption("llmcheck_ab_budget"), "--llmcheck-ab-budget"),
+        precision=fraction(config.getoption("llmcheck_ab_precision"), "--llmcheck-ab-precision"),
+        threshold=fraction(config.getoption("llmcheck_ab_threshold"), "--llmcheck-ab-threshold"),
+        statistic=config.getoption("llmcheck_ab_statistic"),
+    )
 
 
 def _base(config, startup_timeout: float) -> dict[str, Any]:
@@ -65,15 +83,17 @@ def _base(config, startup_timeout: float) -> dict[str, Any]:
             models = session.describe({"BASE": str(source.path)}, keep=False)["BASE"]
         finally:
             session.close()
-        config.stash[BASE_KEY] = {"source": source, "models": models} if isinstance(models, list) \
+        config.stash[BASE_KEY] = (
+            {"source": source, "models": models}
+            if isinstance(models, list)
             else {"error": f"--llmcheck-ab-base {spec}: {models}"}
+        )
     return config.stash[BASE_KEY]
 
 
 def run(item, state) -> Result:
     """The A/B loop for one item; its Result carries the outcome under metrics["ab"]."""
-    from llmcheck.ab_cli import UsageError
-    from llmcheck.plugins.items import model_layers
+    from llmcheck.plugins.state import model_layers
 
     try:
         opts = _options(item.config)
@@ -90,8 +110,11 @@ def run(item, state) -> Result:
         return Result("error", base["error"])
     names = [m["name"] for m in base["models"]]
     if item.model["name"] not in names:
-        return Result("error", f"model {item.model['name']!r} is not declared in BASE {base['source'].spec} "
-                               f"(BASE declares: {', '.join(names) or 'none'})")
+        return Result(
+            "error",
+            f"model {item.model['name']!r} is not declared in BASE {base['source'].spec} "
+            f"(BASE declares: {', '.join(names) or 'none'})",
+        )
     return _loop(item, base["source"], glob, params, opts)
 
 
@@ -101,20 +124,41 @@ def _loop(item, source, glob, params, opts: ab.Options) -> Result:
     session = ab.Session(glob["startup_timeout"], cwd=str(item.config.invocation_params.dir))
     name = item.model["name"]
     try:
+
         def progress(r, elapsed, active):
             sys.stderr.write(ab.progress_line(r, elapsed, active, opts) + "\n")
 
-        rounds = ab.run(session, ab.Side("BASE", str(source.path), name), ab.Side("HEAD", str(item.path), name),
-                        item.check.name, metric, configs, opts, progress)
+        rounds = ab.run(
+            session,
+            ab.Side("BASE", str(source.path), name),
+            ab.Side("HEAD", str(item.path), name),
+            item.check.name,
+            metric,
+            configs,
+            opts,
+            progress,
+        )
     finally:
         session.close()
     results = [ab.outcome(c, opts) for c in configs]
     verdicts = [r["verdict"] for r in results]
-    status = ("failed" if "regression" in verdicts else "error" if "error" in verdicts
-              else "skipped" if all(v == "skipped" for v in verdicts) else "passed")
-    summary = {"base": {"spec": source.spec, "path": str(source.path), "commit": source.commit},
-               "metric": metric, "statistic": opts.statistic, "rounds": rounds, "options": dict(opts.__dict__),
-               "results": results}
+    status = (
+        "failed"
+        if "regression" in verdicts
+        else "error"
+        if "error" in verdicts
+        else "skipped"
+        if all(v == "skipped" for v in verdicts)
+        else "passed"
+    )
+    summary = {
+        "base": {"spec": source.spec, "path": str(source.path), "commit": source.commit},
+        "metric": metric,
+        "statistic": opts.statistic,
+        "rounds": rounds,
+        "options": dict(opts.__dict__),
+        "results": results,
+    }
     message = "; ".join(f"A/B vs BASE {source.spec} [{r['id']}]: {r['message']}" for r in results)
     samples = {f"ab_ratio[{r['id']}]": [p["ratio"] for p in r["pairs"]] for r in results if r["pairs"]}
     return Result(status, message, metrics={"ab": summary}, samples=samples)

@@ -23,9 +23,15 @@ import pytest
 from llmcheck.plugins.report_writer import RECORD_ATTR
 
 SESSION_PLUGIN = "pytest-benchmark"  # the name pytest-benchmark registers its BenchmarkSession under
-WANTED_BY = ("benchmark_json", "benchmark_save", "benchmark_autosave", "benchmark_compare",
-             "benchmark_compare_fail", "benchmark_histogram")
-OPTIONS = {"timer": "llmcheck.timing (perf_counter, or CUDA events)", "source": "llmcheck raw samples"}
+WANTED_BY = (
+    "benchmark_json",
+    "benchmark_save",
+    "benchmark_autosave",
+    "benchmark_compare",
+    "benchmark_compare_fail",
+    "benchmark_histogram",
+)
+OPTIONS = {"timer": "llmcheck.measuring.timing (perf_counter, or CUDA events)", "source": "llmcheck raw samples"}
 
 
 @dataclass
@@ -54,11 +60,20 @@ def entries(record: dict[str, Any]) -> list:
         if not series.endswith("_ms") or not values:
             continue
         label = series[: -len("_ms")]
-        extra = {"llmcheck_status": record["status"], "model": record.get("model"), "check": record.get("check"),
-                 "valid": (metrics.get("validity") or {}).get(series)}
-        source = _Source(name=f"{item}::{label}", fullname=f"{record['id']}::{label}",
-                         group=f"llmcheck {record.get('model')}::{check}", param=param.rstrip("]") or None,
-                         params=metrics.get("config"), extra_info=extra)
+        extra = {
+            "llmcheck_status": record["status"],
+            "model": record.get("model"),
+            "check": record.get("check"),
+            "valid": (metrics.get("validity") or {}).get(series),
+        }
+        source = _Source(
+            name=f"{item}::{label}",
+            fullname=f"{record['id']}::{label}",
+            group=f"llmcheck {record.get('model')}::{check}",
+            param=param.rstrip("]") or None,
+            params=metrics.get("config"),
+            extra_info=extra,
+        )
         meta = Metadata(source, iterations=1, options=OPTIONS)
         for ms in values:
             meta.update(ms / 1e3)

@@ -8,37 +8,19 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from llmcheck.processes import spread_over_processes
+from llmcheck.isolation.processes import spread_over_processes
+from llmcheck.isolation.worker import WorkerFailure, run_message
+from llmcheck.plugins.state import STATE_KEY, State, model_layers
 from llmcheck.registry import Check, variant_id
 from llmcheck.results import FAILING, Result
-from llmcheck.settings import GLOBAL_PARAMS, Layer, SettingsError, resolve
-from llmcheck.worker import WorkerFailure, WorkerPool, run_message
+from llmcheck.settings import SettingsError, resolve
 
 DECLARES_MODEL = re.compile(r"@\s*(?:llmcheck\s*\.\s*)?model\b")
-
-
-@dataclass
-class State:
-    """Per-session plugin state, kept in ``config.stash``."""
-
-    checks: dict[str, Check]
-    layers: list[Layer]  # pyproject and ini settings
-    cli_layer: Layer
-    pool: WorkerPool
-    results: dict[str, Result] = field(default_factory=dict)
-
-    def global_settings(self) -> dict[str, Any]:
-        """Global settings for collection; a bad value falls back to its default here and fails items later."""
-        values = {k: p.default for k, p in GLOBAL_PARAMS.items()}
-        for layer in [*self.layers, self.cli_layer]:
-            values.update({k: v for k, v in layer.values.items() if k in GLOBAL_PARAMS and isinstance(v, (int, float))})
-        return values
 
 
 def declares_models(path: Path) -> bool:
@@ -47,12 +29,6 @@ def declares_models(path: Path) -> bool:
     except OSError:
         return False
     return "llmcheck" in text and bool(DECLARES_MODEL.search(text))
-
-
-def model_layers(state: State, model: dict[str, Any], path: Path) -> list[Layer]:
-    """The settings layers for one model: files, the model's ``checks=``, then the command line."""
-    model_layer = Layer(f"@llmcheck.model(checks=...) of {model['name']} in {path.name}", model.get("checks") or {})
-    return [*state.layers, model_layer, state.cli_layer]
 
 
 class CheckFailed(Exception):
@@ -72,12 +48,17 @@ class ModelFile(pytest.File):
         key = ("describe", str(self.path))
         message = {"op": "describe", "file": str(self.path)}
         try:
-            reply, _ = state.pool.request(key, message, timeout=settings["startup_timeout"],
-                                          startup_timeout=settings["startup_timeout"])
+            reply, _ = state.pool.request(
+                key, message, timeout=settings["startup_timeout"], startup_timeout=settings["startup_timeout"]
+            )
         except WorkerFailure as exc:
-            raise self.CollectError(f"llmcheck could not load {self.path.name}: {exc.message}\n\n{exc.trace}\n{exc.output}")
+            raise self.CollectError(
+                f"llmcheck could not load {self.path.name}: {exc.message}\n\n{exc.trace}\n{exc.output}"
+            )
         if reply["op"] == "error":
-            raise self.CollectError(f"llmcheck: {reply['message']}" + (f"\n\n{reply['trace']}" if reply.get("trace") else ""))
+            raise self.CollectError(
+                f"llmcheck: {reply['message']}" + (f"\n\n{reply['trace']}" if reply.get("trace") else "")
+            )
         models = reply["models"]
         state.pool.adopt(key, (str(self.path), models[0]["name"]))
         for info in models:
@@ -86,7 +67,7 @@ class ModelFile(pytest.File):
 
 class ModelDir(pytest.Directory):
     """A Hugging Face model folder (``config.json`` and weights): one model, described by a worker
-    like a model file (``llmcheck.hf`` loads it there, offline)."""
+    like a model file (``llmcheck.target.hf`` loads it there, offline)."""
 
     collect = ModelFile.collect
 
@@ -158,14 +139,19 @@ class CheckItem(pytest.Item):
             return Result("skipped", f"{self.check.name} is turned off (checks={{{self.check.name!r}: False}})")
         message = run_message(str(self.path), self.model["name"], self.check.name, params, glob, self.variant)
         try:
-            reply, output = state.pool.request((str(self.path), self.model["name"]), message,
-                                               timeout=params["timeout"], startup_timeout=glob["startup_timeout"])
+            reply, output = state.pool.request(
+                (str(self.path), self.model["name"]),
+                message,
+                timeout=params["timeout"],
+                startup_timeout=glob["startup_timeout"],
+            )
         except WorkerFailure as exc:
             return Result(exc.status, exc.message, trace=exc.trace, output=exc.output)
         result = Result.from_json(reply["result"])
         result.output = output
-        return spread_over_processes(self.check, message, params, glob, result, state.pool,
-                                     (str(self.path), self.model["name"]))
+        return spread_over_processes(
+            self.check, message, params, glob, result, state.pool, (str(self.path), self.model["name"])
+        )
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, CheckFailed):
@@ -176,6 +162,3 @@ class CheckItem(pytest.Item):
 
     def reportinfo(self):
         return self.path, max(self.model.get("line", 1) - 1, 0), f"{self.model['name']}::{self.name}"
-
-
-STATE_KEY = pytest.StashKey[State]()

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -25,7 +26,7 @@ class Ticker:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="llmcheck-progress", daemon=True)
 
-    def start(self) -> "Ticker":
+    def start(self) -> Ticker:
         self._thread.start()
         return self
 
@@ -40,8 +41,9 @@ class Ticker:
     def line(self) -> str:
         beat = self.heartbeat() or {}
         info = ", ".join(f"{k}={v}" for k, v in beat.items() if k != "op")
-        return f"llmcheck: running {self.label} for {time.monotonic() - self.started:.0f} s" + \
-            (f" (last progress: {info})" if info else "")
+        return f"llmcheck: running {self.label} for {time.monotonic() - self.started:.0f} s" + (
+            f" (last progress: {info})" if info else ""
+        )
 
     def _write(self, line: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -66,8 +68,10 @@ def interval(config: pytest.Config) -> float:
     try:
         return float(config.getini("llmcheck_progress") or 0)
     except ValueError:
-        raise pytest.UsageError(f"llmcheck_progress = {config.getini('llmcheck_progress')!r}: expected seconds "
-                                "(a number; 0 turns progress lines off)") from None
+        raise pytest.UsageError(
+            f"llmcheck_progress = {config.getini('llmcheck_progress')!r}: expected seconds "
+            "(a number; 0 turns progress lines off)"
+        ) from None
 
 
 def for_item(item: Any, pool: Any, every: float) -> Ticker | None:

@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from llmcheck.hf import is_model_dir
-from llmcheck.plugins.items import STATE_KEY, CheckItem, ModelDir, ModelFile, State, declares_models
+from llmcheck.isolation.worker import WorkerPool
 from llmcheck.plugins import ab_items, benchmark_bridge, progress
+from llmcheck.plugins.items import CheckItem, ModelDir, ModelFile, declares_models
 from llmcheck.plugins.report_writer import RECORD_ATTR, ReportWriter
 from llmcheck.plugins.scheduling import Slots
+from llmcheck.plugins.state import STATE_KEY, State
 from llmcheck.registry import RegistryError, load_checks
 from llmcheck.settings import Layer, SettingsError, assignments, pyproject_layer
-from llmcheck.worker import WorkerPool
+from llmcheck.target.hf import is_model_dir
 
 WRITER_KEY = pytest.StashKey[ReportWriter]()
 TMP_KEY = pytest.StashKey[Path]()
@@ -29,19 +30,32 @@ SCHEDULING_KEY = pytest.StashKey[dict]()  # on an item: when it ran, on which xd
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("llmcheck", "llmcheck: checks for PyTorch language models")
-    group.addoption("--llmcheck", action="store_true", help="collect model files (@llmcheck.model) and run their checks")
+    group.addoption(
+        "--llmcheck", action="store_true", help="collect model files (@llmcheck.model) and run their checks"
+    )
     group.addoption("--llmcheck-json", metavar="PATH", help="JSON report path (default llmcheck-report.json)")
     group.addoption("--llmcheck-html", metavar="PATH", help="also write a self-contained HTML report to PATH")
-    group.addoption("--llmcheck-set", metavar="KEY=VALUE", action="append", default=[],
-                    help="override a setting for this run: timeout=60, gradient.overfit_steps=50 (repeatable)")
-    group.addoption("--llmcheck-timeout", metavar="SECONDS", help="per-check timeout (same as --llmcheck-set timeout=...)")
+    group.addoption(
+        "--llmcheck-set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override a setting for this run: timeout=60, gradient.overfit_steps=50 (repeatable)",
+    )
+    group.addoption(
+        "--llmcheck-timeout", metavar="SECONDS", help="per-check timeout (same as --llmcheck-set timeout=...)"
+    )
     group.addoption("--llmcheck-seed", metavar="N", help="seed for every factory call (same as --llmcheck-set seed=N)")
-    group.addoption("--llmcheck-device", metavar="DEVICE", help="cpu, cuda or cuda:N (same as --llmcheck-set device=...)")
+    group.addoption(
+        "--llmcheck-device", metavar="DEVICE", help="cpu, cuda or cuda:N (same as --llmcheck-set device=...)"
+    )
     ab_items.add_options(group)
     parser.addini("llmcheck_json", "JSON report path", default="llmcheck-report.json")
     parser.addini("llmcheck_html", "HTML report path (empty: no HTML report)", default="")
     parser.addini("llmcheck_progress", "seconds a check runs before progress lines name it (0: never)", default="10")
-    parser.addini("llmcheck_settings", "settings as KEY=VALUE lines (timeout=60, gradient.overfit_steps=50)", type="linelist")
+    parser.addini(
+        "llmcheck_settings", "settings as KEY=VALUE lines (timeout=60, gradient.overfit_steps=50)", type="linelist"
+    )
 
 
 def _cli_layer(config: pytest.Config) -> Layer:
@@ -55,7 +69,10 @@ def _cli_layer(config: pytest.Config) -> Layer:
 
 def _file_layers(config: pytest.Config) -> list[Layer]:
     layers = []
-    for candidate in {config.rootpath / "pyproject.toml", *(p for p in [config.inipath] if p and p.name == "pyproject.toml")}:
+    for candidate in {
+        config.rootpath / "pyproject.toml",
+        *(p for p in [config.inipath] if p and p.name == "pyproject.toml"),
+    }:
         layer = pyproject_layer(candidate)
         if layer:
             layers.append(layer)
@@ -126,7 +143,11 @@ def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector):
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
     # Files the python plugin does not look at (not test_*.py, not named on the command line).
-    if _claims(file_path, parent) and not parent.session.isinitpath(file_path) and not _is_test_module(file_path, parent):
+    if (
+        _claims(file_path, parent)
+        and not parent.session.isinitpath(file_path)
+        and not _is_test_module(file_path, parent)
+    ):
         return ModelFile.from_parent(parent, path=file_path)
     return None
 
@@ -144,9 +165,16 @@ def pytest_collect_directory(path: Path, parent: pytest.Collector):
 
 
 def _is_test_module(path: Path, parent: pytest.Collector) -> bool:
-    from _pytest.pathlib import fnmatch_ex
+    """Whether pytest's ``python_files`` patterns match ``path``: a pattern without a separator
+    matches the file name, one with a separator the path's end (as pytest matches them)."""
+    import fnmatch
 
-    return any(fnmatch_ex(pattern, path) for pattern in parent.config.getini("python_files"))
+    for pattern in parent.config.getini("python_files"):
+        if "/" not in pattern and fnmatch.fnmatch(path.name, pattern):
+            return True
+        if "/" in pattern and fnmatch.fnmatch(str(path), pattern if pattern.startswith("/") else "*/" + pattern):
+            return True
+    return False
 
 
 @pytest.hookimpl(wrapper=True)
@@ -182,8 +210,14 @@ def record(item: CheckItem, report: pytest.TestReport, result, env) -> dict:
         status = "skipped" if report.skipped else ("passed" if report.passed else "error")
         result = Result(status, str(report.longrepr)[-2000:] if report.longrepr else "")
     data = result.to_json()
-    data.update(id=item.nodeid, file=str(item.path), model=item.model["name"], check=item.check.name,
-                family=item.check.family, params=item.params)
+    data.update(
+        id=item.nodeid,
+        file=str(item.path),
+        model=item.model["name"],
+        check=item.check.name,
+        family=item.check.family,
+        params=item.params,
+    )
     scheduling = item.stash.get(SCHEDULING_KEY, None)
     if scheduling:
         data["scheduling"] = scheduling
@@ -197,5 +231,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     if state is None:
         return None
     glob = state.global_settings()
-    return [f"llmcheck: {len(state.checks)} checks ({', '.join(state.checks)}); seed={glob['seed']}, "
-            f"device={glob['device']}, timeout={glob['timeout']:g}s per check"]
+    return [
+        f"llmcheck: {len(state.checks)} checks ({', '.join(state.checks)}); seed={glob['seed']}, "
+        f"device={glob['device']}, timeout={glob['timeout']:g}s per check"
+    ]

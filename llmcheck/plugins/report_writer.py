@@ -65,7 +65,10 @@ class ReportWriter:
 
     def install_sigterm(self) -> None:
         """On SIGTERM (CI cancelling a job) interrupt like Ctrl-C; a second SIGTERM kills at once."""
-        if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        if (
+            threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL
+        ):
             return
 
         def on_sigterm(signum, frame):
@@ -104,9 +107,14 @@ class ReportWriter:
         return {**self._static_env, **self.worker_env}
 
     def document(self, interrupted: bool) -> dict[str, Any]:
-        return json_report.build(list(self.records.values()), self.environment(),
-                                 {"name": "llmcheck", "version": _version("llmcheck")},
-                                 self.started, time.time(), interrupted)
+        return json_report.build(
+            list(self.records.values()),
+            self.environment(),
+            {"name": "llmcheck", "version": _version("llmcheck")},
+            self.started,
+            time.time(),
+            interrupted,
+        )
 
     def write(self, interrupted: bool = False, html: bool = False) -> Path:
         document = self.document(interrupted)
@@ -141,7 +149,9 @@ class ReportWriter:
         if self.html_written:
             terminalreporter.write_line(f"llmcheck HTML report: {os.path.relpath(self.html_written)}")
         if self.html_error:
-            terminalreporter.write_line(f"llmcheck HTML report NOT written to {self.html_path}: {self.html_error}", red=True)
+            terminalreporter.write_line(
+                f"llmcheck HTML report NOT written to {self.html_path}: {self.html_error}", red=True
+            )
 
 
 def summary_lines(records: list[dict[str, Any]], slowest: int = 3) -> list[str]:
@@ -161,5 +171,7 @@ def summary_lines(records: list[dict[str, Any]], slowest: int = 3) -> list[str]:
         lines.append(f"{family:<{width}}  " + "  ".join(f"{counts[family].get(s, 0) or '.':>8}" for s in statuses))
     timed = sorted((r for r in records if r.get("duration_s")), key=lambda r: -r["duration_s"])[:slowest]
     if timed:
-        lines.append("slowest: " + ", ".join(f"{r.get('check')} on {r.get('model')} {r['duration_s']:.1f} s" for r in timed))
+        lines.append(
+            "slowest: " + ", ".join(f"{r.get('check')} on {r.get('model')} {r['duration_s']:.1f} s" for r in timed)
+        )
     return lines

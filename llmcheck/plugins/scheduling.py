@@ -20,9 +20,10 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -82,7 +83,7 @@ def overlapping(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
     spans = [(r["id"], r["scheduling"]) for r in records if r.get("scheduling", {}).get("started")]
     found = []
     for i, (a, sa) in enumerate(spans):
-        for b, sb in spans[i + 1:]:
+        for b, sb in spans[i + 1 :]:
             if (sa["exclusive"] or sb["exclusive"]) and sa["started"] < sb["ended"] and sb["started"] < sa["ended"]:
                 found.append((a, b))
     return found

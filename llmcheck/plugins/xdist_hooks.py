@@ -47,9 +47,18 @@ def crash_record(nodeid: str, worker: str, checks: dict) -> dict[str, Any] | Non
     check = checks.get(parts[2].split("[", 1)[0])
     if check is None:
         return None
-    message = (f"pytest-xdist worker {worker} crashed while running this check: the pytest process died "
-               "(killed by a signal or the OOM killer), so no result came back; the llmcheck worker under it "
-               "stops when it sees its parent gone. Rerun it alone to see how it ends: "
-               f"pytest --llmcheck {parts[0]} -k '{parts[2]}'")
-    return {**Result("crashed", message).to_json(), "id": nodeid, "file": parts[0], "model": parts[1],
-            "check": check.name, "family": check.family, "params": {}}
+    message = (
+        f"pytest-xdist worker {worker} crashed while running this check: the pytest process died "
+        "(killed by a signal or the OOM killer), so no result came back; the llmcheck worker under it "
+        "stops when it sees its parent gone. Rerun it alone to see how it ends: "
+        f"pytest --llmcheck {parts[0]} -k '{parts[2]}'"
+    )
+    return {
+        **Result("crashed", message).to_json(),
+        "id": nodeid,
+        "file": parts[0],
+        "model": parts[1],
+        "check": check.name,
+        "family": check.family,
+        "params": {},
+    }

@@ -17,6 +17,7 @@ from typing import Any
 
 from markupsafe import Markup
 
+from llmcheck.reports import pages
 from llmcheck.reports.ab_report import ICONS, headline
 from llmcheck.reports.files import atomic_write_text
 
@@ -41,13 +42,32 @@ def ratio_svg(result: dict[str, Any], threshold: float) -> str:
     y = lambda v: TOP + (H - TOP - BOTTOM) * (hi - v) / (hi - lo)  # noqa: E731
     svg = ET.Element("svg", xmlns="http://www.w3.org/2000/svg", viewBox=f"0 0 {W} {H}", role="img")
     ET.SubElement(svg, "title").text = f"{result['id']}: ratio HEAD/BASE per pair; {result['message']}"
-    ET.SubElement(svg, "rect", x=str(LEFT), y=str(TOP), width=str(W - LEFT - RIGHT), height=str(H - TOP - BOTTOM),
-                  fill="white", stroke="#d0d7de")
+    ET.SubElement(
+        svg,
+        "rect",
+        x=str(LEFT),
+        y=str(TOP),
+        width=str(W - LEFT - RIGHT),
+        height=str(H - TOP - BOTTOM),
+        fill="white",
+        stroke="#d0d7de",
+    )
     if est.get("ci_low") is not None:
-        ET.SubElement(svg, "rect", x=str(LEFT), y=f"{y(est['ci_high']):.1f}", width=str(W - LEFT - RIGHT),
-                      height=f"{y(est['ci_low']) - y(est['ci_high']):.1f}", fill="#1f77b4", **{"fill-opacity": "0.18"})
-    for value, colour, dash, label in ((1.0, "#57606a", "", "1.0"), (1 + threshold, "#cf222e", "6 4", f"+{threshold:.0%}"),
-                                       (1 - threshold, "#1a7f37", "6 4", f"-{threshold:.0%}")):
+        ET.SubElement(
+            svg,
+            "rect",
+            x=str(LEFT),
+            y=f"{y(est['ci_high']):.1f}",
+            width=str(W - LEFT - RIGHT),
+            height=f"{y(est['ci_low']) - y(est['ci_high']):.1f}",
+            fill="#1f77b4",
+            **{"fill-opacity": "0.18"},
+        )
+    for value, colour, dash, label in (
+        (1.0, "#57606a", "", "1.0"),
+        (1 + threshold, "#cf222e", "6 4", f"+{threshold:.0%}"),
+        (1 - threshold, "#1a7f37", "6 4", f"-{threshold:.0%}"),
+    ):
         _hline(svg, y(value), colour, dash, label)
     if est.get("ratio") is not None:
         _hline(svg, y(est["ratio"]), "#1f77b4", "", f"{est['ratio']:.3f}", width="2")
@@ -61,17 +81,29 @@ def ratio_svg(result: dict[str, Any], threshold: float) -> str:
 
 def _hline(svg, ypos: float, colour: str, dash: str, label: str, width: str = "1") -> None:
     attrs = {"stroke-dasharray": dash} if dash else {}
-    ET.SubElement(svg, "line", x1=str(LEFT), x2=str(W - RIGHT), y1=f"{ypos:.1f}", y2=f"{ypos:.1f}",
-                  stroke=colour, **{"stroke-width": width}, **attrs)
-    t = ET.SubElement(svg, "text", x=str(LEFT - 4), y=f"{ypos + 4:.1f}", fill=colour,
-                      **{"font-size": "11", "text-anchor": "end"})
+    ET.SubElement(
+        svg,
+        "line",
+        x1=str(LEFT),
+        x2=str(W - RIGHT),
+        y1=f"{ypos:.1f}",
+        y2=f"{ypos:.1f}",
+        stroke=colour,
+        **{"stroke-width": width},
+        **attrs,
+    )
+    t = ET.SubElement(
+        svg, "text", x=str(LEFT - 4), y=f"{ypos + 4:.1f}", fill=colour, **{"font-size": "11", "text-anchor": "end"}
+    )
     t.text = label
 
 
 def views(results: list[dict[str, Any]], threshold: float) -> list[dict[str, Any]]:
     """Per configuration: what the templates show (the SVG is serialized, so marked safe)."""
-    return [{**r, "icon": ICONS.get(r["verdict"], ""), "svg": Markup(ratio_svg(r, threshold)) if r["pairs"] else None}
-            for r in results]
+    return [
+        {**r, "icon": ICONS.get(r["verdict"], ""), "svg": Markup(ratio_svg(r, threshold)) if r["pairs"] else None}
+        for r in results
+    ]
 
 
 def record_view(record: dict[str, Any]) -> dict[str, Any] | None:
@@ -80,22 +112,22 @@ def record_view(record: dict[str, Any]) -> dict[str, Any] | None:
     if not isinstance(ab, dict) or not isinstance(ab.get("results"), list):
         return None
     try:
-        return {"base": str((ab.get("base") or {}).get("spec", "")), "results": views(ab["results"], float(ab["options"]["threshold"]))}
+        return {
+            "base": str((ab.get("base") or {}).get("spec", "")),
+            "results": views(ab["results"], float(ab["options"]["threshold"])),
+        }
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         return None  # a hand-edited record must not cost the report
 
 
 def render(doc: dict[str, Any]) -> str:
-    from jinja2 import Environment, PackageLoader
-
-    from llmcheck.reports.html import csp
-
-    env = Environment(loader=PackageLoader("llmcheck.reports", "templates"), autoescape=True,
-                      trim_blocks=True, lstrip_blocks=True)
-    css = env.loader.get_source(env, "report.css")[0] + EXTRA_CSS
-    return env.get_template("ab.html.j2").render(
-        csp=Markup(csp(css)), css=Markup(css), doc=doc, headline=headline(doc),
-        results=views(doc["results"], doc["options"]["threshold"]))
+    return pages.render(
+        "ab.html.j2",
+        EXTRA_CSS,
+        doc=doc,
+        headline=headline(doc),
+        results=views(doc["results"], doc["options"]["threshold"]),
+    )
 
 
 def write(path: str | os.PathLike, doc: dict[str, Any]) -> Path:

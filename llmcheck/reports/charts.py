@@ -17,11 +17,12 @@ Charts over several records of one model (a parametrised check's configurations)
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from llmcheck.reports import plots
-from llmcheck.reports.significance import CURVE
+from llmcheck.stats.significance import CURVE
 
 MAX_CHARTS = 10  # per record
 MIN_SERIES = 5  # a list needs this many numbers to be drawn as a curve
@@ -33,8 +34,10 @@ MEMORY_COLUMNS = [re.compile(p, re.I) for p in (r"peak", r"memory|rss|alloc", r"
 NOT_A_SERIES = re.compile(r"shape|index|indices|ids$|positions|sweep|ci$|iterations$|steps$", re.I)
 # Columns for size versus accuracy, in order of preference.
 SIZE = [re.compile(p, re.I) for p in (r"^size_ratio$", r"^size", r"size", r"bytes|_mb$")]
-ACCURACY = [re.compile(p, re.I) for p in (r"top_?1|agree|accuracy", r"cosine", r"^kl$|kl_div", r"ppl|perplexity",
-                                          r"rel_err|error")]
+ACCURACY = [
+    re.compile(p, re.I)
+    for p in (r"top_?1|agree|accuracy", r"cosine", r"^kl$|kl_div", r"ppl|perplexity", r"rel_err|error")
+]
 NORMS = re.compile(r"norm", re.I)
 
 
@@ -73,7 +76,9 @@ def _draw(candidates: list[tuple[str, Any]]) -> list[Chart]:
 
 def _candidates(record: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     samples = {k: v for k, v in (record.get("samples") or {}).items() if _numbers(v, 1)}
-    curves = {k: v for k, v in samples.items() if len(v) >= MIN_SERIES and CURVE.search(k) and not NOT_A_SERIES.search(k)}
+    curves = {
+        k: v for k, v in samples.items() if len(v) >= MIN_SERIES and CURVE.search(k) and not NOT_A_SERIES.search(k)
+    }
     spread = {k: v for k, v in samples.items() if k not in curves}
     if spread:
         yield "raw samples: distribution per series (box: quartiles; whiskers: 1.5 IQR)", lambda: plots.box(spread)
@@ -130,8 +135,12 @@ def _rows(value: Any) -> list[dict[str, Any]] | None:
     name -> dict mapping (the name becomes a column)."""
     if isinstance(value, list) and len(value) >= 2 and all(isinstance(r, dict) for r in value):
         return [_leaves(r) for r in value]
-    if isinstance(value, dict) and len(value) >= 2 and all(isinstance(r, dict) and r for r in value.values()) \
-            and all(_is_number(c) or isinstance(c, str) for r in value.values() for c in r.values()):
+    if (
+        isinstance(value, dict)
+        and len(value) >= 2
+        and all(isinstance(r, dict) and r for r in value.values())
+        and all(_is_number(c) or isinstance(c, str) for r in value.values() for c in r.values())
+    ):
         return [{"name": str(k), **_leaves(r)} for k, r in value.items()]
     return None
 
@@ -141,7 +150,9 @@ def _columns(rows: list[dict], patterns, exclude: tuple = (), most: int = 4) -> 
     fill with numbers (``inference.tokens_per_s`` and ``training.tokens_per_s``, say)."""
     keys = list(dict.fromkeys(k for r in rows for k in r))
     for pattern in patterns if isinstance(patterns, list) else [patterns]:
-        found = [k for k in keys if k not in exclude and pattern.search(k) and sum(_is_number(r.get(k)) for r in rows) >= 2]
+        found = [
+            k for k in keys if k not in exclude and pattern.search(k) and sum(_is_number(r.get(k)) for r in rows) >= 2
+        ]
         if found:
             return found[:most]
     return []
@@ -174,8 +185,12 @@ def _sweep(check: str, records: list[dict]) -> Iterator[tuple[str, Any]]:
     for r in records:
         leaves = _leaves(r.get("metrics") or {})
         config = {k.split(".", 1)[1]: v for k, v in leaves.items() if k.startswith("config.")}
-        rows.append({**{k: v for k, v in leaves.items() if _is_number(v)},
-                     **{k: v for k, v in config.items() if k not in BATCH_KEYS}})
+        rows.append(
+            {
+                **{k: v for k, v in leaves.items() if _is_number(v)},
+                **{k: v for k, v in config.items() if k not in BATCH_KEYS},
+            }
+        )
     batch = _column(rows, [re.compile(f"^{k}$") for k in BATCH_KEYS] + [re.compile(r"^config\.(bs|batch_size)$")])
     if not batch or len({r.get(batch) for r in rows}) < 2:
         return

@@ -9,7 +9,7 @@ alone is never a regression: with the defaults (alpha 0.01, 5% minimum effect) a
 of recorded samples fires far less than 1% of the time (tests/test_compare_statistics.py).
 
 Run-to-run drift on shared machines can exceed within-run noise (DESIGN.md §4). When both runs
-measured a series in several worker processes (``metrics.processes.series``, llmcheck.processes),
+measured a series in several worker processes (``metrics.processes.series``, llmcheck.isolation.processes),
 a shift must also be significant across the per-process medians, and a series whose
 between-process spread exceeds the threshold is "inconclusive": too noisy to compare two stored
 runs (significance.judge_processes). Reports without per-process data are judged as before.
@@ -23,25 +23,31 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
-from llmcheck.reports.significance import (
+from llmcheck.results import FAILING
+from llmcheck.stats.significance import (
     judge_processes,
     judge_shift,
+    machine_drift,
     pct,
     process_shift,
     repeated,
     shift,
-    machine_drift,
     too_noisy,
 )
-from llmcheck.results import FAILING
 
 # Environment fields that make two runs incomparable, and fields that are worth a warning.
 REFUSE_ENV = ("torch", "cuda", "device")
 NOTE_ENV = ("python", "cpu", "cpu_count", "torch_threads")
-HIGHER_BETTER = re.compile(r"per_?s(ec)?\b|throughput|accuracy|\bacc\b|agreement|top_?1|speedup|speed_up|cosine|"
-                           r"mfu|efficiency|coverage|largest|max_batch|loss_drop", re.I)
-LOWER_BETTER = re.compile(r"ms\b|_s\b|latency|time|duration|seconds|p50|p90|p99|median|mean|memory|rss|bytes|"
-                          r"_mb\b|_gib\b|peak|loss|perplexity|ppl|\bkl|error|err\b|leak|slope|\bcv\b|iqr|size", re.I)
+HIGHER_BETTER = re.compile(
+    r"per_?s(ec)?\b|throughput|accuracy|\bacc\b|agreement|top_?1|speedup|speed_up|cosine|"
+    r"mfu|efficiency|coverage|largest|max_batch|loss_drop",
+    re.I,
+)
+LOWER_BETTER = re.compile(
+    r"ms\b|_s\b|latency|time|duration|seconds|p50|p90|p99|median|mean|memory|rss|bytes|"
+    r"_mb\b|_gib\b|peak|loss|perplexity|ppl|\bkl|error|err\b|leak|slope|\bcv\b|iqr|size",
+    re.I,
+)
 UNIT = re.compile(r"_(ms|us|ns|s|mb|mib|gb|gib|bytes)$")
 SPEC = re.compile(r"^(?P<pattern>[^:]+):(?P<sign>[+-])(?P<amount>\d+(\.\d*)?|\.\d+)(?P<pct>%?)$")
 
@@ -61,11 +67,13 @@ class Threshold:
     source: str = "the command line"
 
     @classmethod
-    def parse(cls, text: str, source: str = "the command line") -> "Threshold":
+    def parse(cls, text: str, source: str = "the command line") -> Threshold:
         m = SPEC.match(text.strip())
         if not m:
-            raise CompareError(f"threshold {text!r} from {source}: expected CHECK.METRIC:+N% or CHECK.METRIC:-N "
-                               "(e.g. latency.p50:+5%, throughput.tokens_per_s:-3%, gradient.loss:+0.1)")
+            raise CompareError(
+                f"threshold {text!r} from {source}: expected CHECK.METRIC:+N% or CHECK.METRIC:-N "
+                "(e.g. latency.p50:+5%, throughput.tokens_per_s:-3%, gradient.loss:+0.1)"
+            )
         amount = float(m["amount"]) / (100 if m["pct"] else 1)
         return cls(m["pattern"], 1 if m["sign"] == "+" else -1, amount, bool(m["pct"]), source)
 
@@ -82,8 +90,11 @@ class Threshold:
         return delta > self.amount
 
     def text(self) -> str:
-        return f"{'+' if self.worse > 0 else '-'}{self.amount * 100:g}%" if self.relative else \
-            f"{'+' if self.worse > 0 else '-'}{self.amount:g}"
+        return (
+            f"{'+' if self.worse > 0 else '-'}{self.amount * 100:g}%"
+            if self.relative
+            else f"{'+' if self.worse > 0 else '-'}{self.amount:g}"
+        )
 
 
 @dataclass
@@ -135,59 +146,103 @@ def compare(base: dict[str, Any], head: dict[str, Any], rules: Rules | None = No
     for item_id, b in base_items.items():
         h = head_items.get(item_id)
         if h is None:
-            rows.append(_row(b, "missing", "", b["status"], None, "regression",
-                             "the check ran in BASE but is missing from HEAD"))
+            rows.append(
+                _row(
+                    b, "missing", "", b["status"], None, "regression", "the check ran in BASE but is missing from HEAD"
+                )
+            )
             continue
         rows += _status_rows(b, h) + _sample_rows(b, h, rules) + _metric_rows(b, h, rules)
     for item_id, h in head_items.items():
         if item_id not in base_items:
             rows.append(_row(h, "new", "", None, h["status"], "new", f"new check ({h['status']})"))
     records = [*base["results"], *head["results"]]
-    warnings += [f"threshold {t.pattern}:{t.text()} from {t.source} matched no metric or sample series"
-                 for t in rules.thresholds if not any(t.matches(r, p) for r in records for p in _paths(r))]
+    warnings += [
+        f"threshold {t.pattern}:{t.text()} from {t.source} matched no metric or sample series"
+        for t in rules.thresholds
+        if not any(t.matches(r, p) for r in records for p in _paths(r))
+    ]
     noisy = sum(bool(r.get("noisy")) for r in rows)
     if noisy:
-        warnings.append(f"{noisy} series too noisy to compare across the two stored runs (their between-process spread "
-                        "exceeds the threshold, or the machine's calibration workload moved); compare the versions "
-                        "interleaved in one session with llmcheck ab")
+        warnings.append(
+            f"{noisy} series too noisy to compare across the two stored runs (their between-process spread "
+            "exceeds the threshold, or the machine's calibration workload moved); compare the versions "
+            "interleaved in one session with llmcheck ab"
+        )
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
-    return {"base": _side(base), "head": _side(head), "rules": {"alpha": rules.alpha, "min_effect": rules.min_effect,
-            "thresholds": [f"{t.pattern}:{t.text()}" for t in rules.thresholds]},
-            "warnings": warnings, "counts": counts, "regressions": counts.get("regression", 0),
-            "paired": len(base_items.keys() & head_items.keys()), "rows": rows}
+    return {
+        "base": _side(base),
+        "head": _side(head),
+        "rules": {
+            "alpha": rules.alpha,
+            "min_effect": rules.min_effect,
+            "thresholds": [f"{t.pattern}:{t.text()}" for t in rules.thresholds],
+        },
+        "warnings": warnings,
+        "counts": counts,
+        "regressions": counts.get("regression", 0),
+        "paired": len(base_items.keys() & head_items.keys()),
+        "rows": rows,
+    }
 
 
 def _side(doc: dict) -> dict[str, Any]:
     env = doc.get("environment") or {}
-    return {"commit": env.get("git_commit"), "started_at": doc.get("started_at"), "items": len(doc["results"]),
-            "interrupted": bool(doc.get("interrupted"))}
+    return {
+        "commit": env.get("git_commit"),
+        "started_at": doc.get("started_at"),
+        "items": len(doc["results"]),
+        "interrupted": bool(doc.get("interrupted")),
+    }
 
 
 def _compatible(base: dict, head: dict, rules: Rules) -> list[str]:
     majors = [str(d.get("schema_version", "?")).split(".")[0] for d in (base, head)]
     if majors[0] != majors[1]:
-        raise CompareError(f"schema versions differ: BASE {base.get('schema_version')}, HEAD {head.get('schema_version')}")
+        raise CompareError(
+            f"schema versions differ: BASE {base.get('schema_version')}, HEAD {head.get('schema_version')}"
+        )
     diffs = environment_differences(base, head, rules.refuse_env)
     text = "; ".join(f"{k}: BASE {b!r}, HEAD {h!r}" for k, b, h in diffs)
     if diffs and not rules.allow_env_mismatch:
-        raise CompareError(f"the runs come from different environments ({text}); timings and numerics are not "
-                           "comparable. Re-run on matching environments, or pass --allow-env-mismatch to compare anyway")
+        raise CompareError(
+            f"the runs come from different environments ({text}); timings and numerics are not "
+            "comparable. Re-run on matching environments, or pass --allow-env-mismatch to compare anyway"
+        )
     warnings = [f"environments differ (allowed by --allow-env-mismatch): {text}"] if diffs else []
     notes = environment_differences(base, head, NOTE_ENV)
     if notes:
-        warnings.append("machines differ, timings may not be comparable: "
-                        + "; ".join(f"{k}: BASE {b!r}, HEAD {h!r}" for k, b, h in notes))
-    warnings += [f"the {side} run was interrupted: it holds only the checks that finished"
-                 for side, doc in (("BASE", base), ("HEAD", head)) if doc.get("interrupted")]
+        warnings.append(
+            "machines differ, timings may not be comparable: "
+            + "; ".join(f"{k}: BASE {b!r}, HEAD {h!r}" for k, b, h in notes)
+        )
+    warnings += [
+        f"the {side} run was interrupted: it holds only the checks that finished"
+        for side, doc in (("BASE", base), ("HEAD", head))
+        if doc.get("interrupted")
+    ]
     return warnings
 
 
 def _row(record: dict, kind: str, name: str, base: Any, head: Any, verdict: str, note: str, **extra) -> dict[str, Any]:
-    row = {"id": record["id"], "model": record.get("model"), "check": record.get("check"), "kind": kind, "name": name,
-           "base": base, "head": head, "change": None, "better": None, "p_value": None, "threshold": None,
-           "threshold_pattern": None, "verdict": verdict, "note": note}
+    row = {
+        "id": record["id"],
+        "model": record.get("model"),
+        "check": record.get("check"),
+        "kind": kind,
+        "name": name,
+        "base": base,
+        "head": head,
+        "change": None,
+        "better": None,
+        "p_value": None,
+        "threshold": None,
+        "threshold_pattern": None,
+        "verdict": verdict,
+        "note": note,
+    }
     row.update(extra)
     return row
 
@@ -199,7 +254,10 @@ def _status_rows(b: dict, h: dict) -> list[dict]:
     if now in FAILING and was not in FAILING:
         verdict, note = "regression", f"{was} -> {now}: {_first_line(h.get('message', ''))}"
     elif was == "passed" and now == "skipped":
-        verdict, note = "regression", f"passed -> skipped, so it no longer proves anything: {_first_line(h.get('message', ''))}"
+        verdict, note = (
+            "regression",
+            f"passed -> skipped, so it no longer proves anything: {_first_line(h.get('message', ''))}",
+        )
     elif was in FAILING and now == "passed":
         verdict, note = "improvement", f"{was} -> passed"
     else:
@@ -209,7 +267,7 @@ def _status_rows(b: dict, h: dict) -> list[dict]:
 
 def _first_line(text: str, limit: int = 160) -> str:
     line = str(text).strip().splitlines()[0] if str(text).strip() else ""
-    return line if len(line) <= limit else line[:limit - 1] + "…"
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _paths(record: dict) -> list[str]:
@@ -244,26 +302,54 @@ def _sample_rows(b: dict, h: dict, rules: Rules) -> list[dict]:
         s = shift(base, head)
         if explicit is None and not repeated(name):  # a curve or a sweep: listed, gated only when named
             if s.base_median != s.head_median:
-                rows.append(_row(h, "samples", name, s.base_median, s.head_median, "changed",
-                                 f"median {pct(s.change)} (a curve, not repeated measurements: not gated)",
-                                 change=s.change, better=better(name)))
+                rows.append(
+                    _row(
+                        h,
+                        "samples",
+                        name,
+                        s.base_median,
+                        s.head_median,
+                        "changed",
+                        f"median {pct(s.change)} (a curve, not repeated measurements: not gated)",
+                        change=s.change,
+                        better=better(name),
+                    )
+                )
             continue
-        t = explicit or Threshold(path, -1 if better(name) == "higher" else 1, rules.min_effect,
-                                  True, "the default minimum effect")
+        t = explicit or Threshold(
+            path, -1 if better(name) == "higher" else 1, rules.min_effect, True, "the default minimum effect"
+        )
         verdict, note = judge_shift(s, t, rules.alpha, len(base), len(head))
         ps, extra = process_shift(process_medians(b, name), process_medians(h, name)), {}
         if ps is not None:
             what = "minimum effect" if explicit is None else "threshold"
             verdict, note = judge_processes(verdict, note, s, ps, t, rules.alpha, what)
-            extra = {"spread": ps.spread, "p_processes": ps.p_value, "processes": [ps.base_processes, ps.head_processes],
-                     "noisy": verdict == "inconclusive" and bool(too_noisy(ps, t, s.base_median, what))}
+            extra = {
+                "spread": ps.spread,
+                "p_processes": ps.p_value,
+                "processes": [ps.base_processes, ps.head_processes],
+                "noisy": verdict == "inconclusive" and bool(too_noisy(ps, t, s.base_median, what)),
+            }
         drift = machine_drift(_calibration(b), _calibration(h), rules.min_effect)
         if drift and verdict in ("regression", "improvement"):
             verdict, note, extra["noisy"] = "inconclusive", f"{note}; but {drift}", True
-        rows.append(_row(h, "samples", name, s.base_median, s.head_median, verdict, note, change=s.change,
-                         better="higher" if t.worse < 0 else "lower", p_value=s.p_value,
-                         threshold=t.text(), threshold_pattern=t.pattern if t.source != "the default minimum effect" else None,
-                         **extra))
+        rows.append(
+            _row(
+                h,
+                "samples",
+                name,
+                s.base_median,
+                s.head_median,
+                verdict,
+                note,
+                change=s.change,
+                better="higher" if t.worse < 0 else "lower",
+                p_value=s.p_value,
+                threshold=t.text(),
+                threshold_pattern=t.pattern if t.source != "the default minimum effect" else None,
+                **extra,
+            )
+        )
     return rows
 
 
@@ -295,13 +381,37 @@ def _metric_rows(b: dict, h: dict, rules: Rules) -> list[dict]:
         direction = ("higher" if t.worse < 0 else "lower") if t else better(path)
         if t is None:
             if bv != hv:
-                rows.append(_row(h, "metric", path, bv, hv, "changed", _trend(change, bv, hv, direction),
-                                 change=change, better=direction))
+                rows.append(
+                    _row(
+                        h,
+                        "metric",
+                        path,
+                        bv,
+                        hv,
+                        "changed",
+                        _trend(change, bv, hv, direction),
+                        change=change,
+                        better=direction,
+                    )
+                )
             continue
         verdict, note = _judge_metric(b, h, path, t, bv, hv, rules.alpha)
         if verdict != "unchanged" or bv != hv:
-            rows.append(_row(h, "metric", path, bv, hv, verdict, note, change=change, better=direction,
-                             threshold=t.text(), threshold_pattern=t.pattern))
+            rows.append(
+                _row(
+                    h,
+                    "metric",
+                    path,
+                    bv,
+                    hv,
+                    verdict,
+                    note,
+                    change=change,
+                    better=direction,
+                    threshold=t.text(),
+                    threshold_pattern=t.pattern,
+                )
+            )
     return rows
 
 

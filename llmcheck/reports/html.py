@@ -8,8 +8,6 @@ past escaping still could not run or restyle anything. Charts are inline SVG fro
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import statistics
@@ -19,9 +17,9 @@ from typing import Any
 
 from markupsafe import Markup
 
-from llmcheck.reports.files import atomic_write_text
+from llmcheck.reports import ab_html, pages
 from llmcheck.reports.charts import Chart, charts_across, charts_for
-from llmcheck.reports import ab_html
+from llmcheck.reports.files import atomic_write_text
 from llmcheck.results import FAILING, STATUSES
 
 SYMBOLS = {"passed": "✔", "failed": "✘", "error": "✘", "timeout": "⏱", "crashed": "☠", "skipped": "–"}
@@ -30,27 +28,20 @@ MAX_TEXT = 20_000  # messages, traces, captured output
 MAX_CELL = 400  # one metric value in the table
 
 
-def csp(css: str) -> str:
-    """The page's policy: nothing may load or run; only the stylesheet with this exact hash applies."""
-    digest = base64.b64encode(hashlib.sha256(css.encode("utf-8")).digest()).decode()
-    return (f"default-src 'none'; style-src 'sha256-{digest}'; img-src data:; "
-            "base-uri 'none'; form-action 'none'")
-
-
 def render(document: dict[str, Any], source: str = "the run") -> str:
     """The HTML page for one run document (as built by json_report.build or read back)."""
-    from jinja2 import Environment, PackageLoader
-
-    env = Environment(loader=PackageLoader("llmcheck.reports", "templates"), autoescape=True,
-                      trim_blocks=True, lstrip_blocks=True)
     records = document.get("results", [])
     models, chart_css = _models(records)
-    css = env.loader.get_source(env, "report.css")[0] + "\n" + "\n".join(dict.fromkeys(chart_css)) + ab_html.EXTRA_CSS
-    return env.get_template("report.html.j2").render(
-        csp=Markup(csp(css)), css=Markup(css),  # both built here, from constants and a hash
-        run=_run(document), grid=_grid(records, models),
+    return pages.render(
+        "report.html.j2",
+        "\n" + "\n".join(dict.fromkeys(chart_css)) + ab_html.EXTRA_CSS,
+        run=_run(document),
+        grid=_grid(records, models),
         environment=[(k, _text(v)) for k, v in sorted((document.get("environment") or {}).items())],
-        models=models, symbols=SYMBOLS, source=source)
+        models=models,
+        symbols=SYMBOLS,
+        source=source,
+    )
 
 
 def write(path: str | os.PathLike, document: dict[str, Any], source: str = "the run") -> Path:
@@ -63,12 +54,15 @@ def _run(doc: dict[str, Any]) -> dict[str, Any]:
     counts = [(s, summary.get(s, 0)) for s in STATUSES if summary.get(s)]
     started, finished = doc.get("started_at"), doc.get("finished_at")
     return {
-        "counts": counts, "total": summary.get("total", len(doc.get("results", []))),
+        "counts": counts,
+        "total": summary.get("total", len(doc.get("results", []))),
         "headline": ", ".join(f"{n} {s}" for s, n in counts) or "no checks ran",
         "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)) if _num(started) else "?",
         "duration": _seconds(finished - started) if _num(started) and _num(finished) else "?",
-        "version": (doc.get("producer") or {}).get("version") or "?", "schema": doc.get("schema_version"),
-        "commit": (doc.get("environment") or {}).get("git_commit"), "interrupted": bool(doc.get("interrupted")),
+        "version": (doc.get("producer") or {}).get("version") or "?",
+        "schema": doc.get("schema_version"),
+        "commit": (doc.get("environment") or {}).get("git_commit"),
+        "interrupted": bool(doc.get("interrupted")),
     }
 
 
@@ -97,22 +91,30 @@ def _record(r: dict[str, Any], anchor: str) -> dict[str, Any]:
     metrics = list(_flatten(r["metrics"])) if r.get("metrics") else []
     charts = _safe(charts_for(r))
     return {
-        "anchor": anchor, "status": r["status"], "check": r.get("check", "?"), "family": r.get("family", ""),
-        "id": r["id"], "message": _clip(r.get("message", "")), "headline": _headline(r.get("message", "")),
-        "open": r["status"] in FAILING or bool(charts), "charts": charts,
+        "anchor": anchor,
+        "status": r["status"],
+        "check": r.get("check", "?"),
+        "family": r.get("family", ""),
+        "id": r["id"],
+        "message": _clip(r.get("message", "")),
+        "headline": _headline(r.get("message", "")),
+        "open": r["status"] in FAILING or bool(charts),
+        "charts": charts,
         "duration": _seconds(r["duration_s"]) if _num(r.get("duration_s")) else "",
         "params": [(k, _text(v)) for k, v in sorted((r.get("params") or {}).items())],
-        "metrics": metrics[:MAX_METRIC_ROWS], "metrics_hidden": max(0, len(metrics) - MAX_METRIC_ROWS),
+        "metrics": metrics[:MAX_METRIC_ROWS],
+        "metrics_hidden": max(0, len(metrics) - MAX_METRIC_ROWS),
         "samples": [_sample_row(k, v) for k, v in (r.get("samples") or {}).items() if isinstance(v, list) and v],
         "artifacts": sorted((r.get("artifacts") or {}).items()),
-        "trace": _clip(r.get("trace", "")), "output": _clip(r.get("output", "")),
+        "trace": _clip(r.get("trace", "")),
+        "output": _clip(r.get("output", "")),
         "ab": ab_html.record_view(r),  # pytest --llmcheck-ab-base: the A/B verdict and ratio plot
     }
 
 
 def _headline(message: str, limit: int = 120) -> str:
     first = str(message).strip().splitlines()[0] if str(message).strip() else ""
-    return first if len(first) <= limit else first[:limit - 1] + "…"
+    return first if len(first) <= limit else first[: limit - 1] + "…"
 
 
 def _grid(records: list[dict], models: list[dict]) -> dict[str, Any]:
@@ -122,9 +124,16 @@ def _grid(records: list[dict], models: list[dict]) -> dict[str, Any]:
         cells = []
         for family in families:
             mine = [v for v in model["records"] if v["family"] == family]
-            cells.append([(s, n, next(v["anchor"] for v in mine if v["status"] == s))
-                          for s in STATUSES if (n := sum(v["status"] == s for v in mine))])
-        rows.append({"model": model["name"], "file": model["file"], "file_name": Path(model["file"]).name, "cells": cells})
+            cells.append(
+                [
+                    (s, n, next(v["anchor"] for v in mine if v["status"] == s))
+                    for s in STATUSES
+                    if (n := sum(v["status"] == s for v in mine))
+                ]
+            )
+        rows.append(
+            {"model": model["name"], "file": model["file"], "file_name": Path(model["file"]).name, "cells": cells}
+        )
     return {"families": families, "rows": rows}
 
 
@@ -137,13 +146,22 @@ def _flatten(value: Any, prefix: str = ""):
         yield prefix, f"{len(value)} values, {_fmt(min(value))} … {_fmt(max(value))} (see chart)", False
     else:
         text = _fmt(value) if _num(value) else _text(value)
-        yield prefix, text if len(text) <= MAX_CELL else text[:MAX_CELL] + " … (the JSON report has it all)", _num(value)
+        yield (
+            prefix,
+            text if len(text) <= MAX_CELL else text[:MAX_CELL] + " … (the JSON report has it all)",
+            _num(value),
+        )
 
 
 def _sample_row(name: str, values: list) -> dict[str, Any]:
     nums = [v for v in values if _num(v)]
-    return {"name": name, "n": len(values), "min": _fmt(min(nums)) if nums else "",
-            "median": _fmt(statistics.median(nums)) if nums else "", "max": _fmt(max(nums)) if nums else ""}
+    return {
+        "name": name,
+        "n": len(values),
+        "min": _fmt(min(nums)) if nums else "",
+        "median": _fmt(statistics.median(nums)) if nums else "",
+        "max": _fmt(max(nums)) if nums else "",
+    }
 
 
 def _num(v: Any) -> bool:
@@ -160,7 +178,11 @@ def _text(v: Any) -> str:
 
 def _clip(text: str) -> str:
     text = str(text)
-    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT // 4] + "\n[... clipped; the JSON report has it all ...]\n" + text[-MAX_TEXT * 3 // 4:]
+    return (
+        text
+        if len(text) <= MAX_TEXT
+        else text[: MAX_TEXT // 4] + "\n[... clipped; the JSON report has it all ...]\n" + text[-MAX_TEXT * 3 // 4 :]
+    )
 
 
 def _seconds(s: float) -> str:

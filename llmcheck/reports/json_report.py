@@ -18,22 +18,30 @@ class ReportError(ValueError):
     """A report file is missing, truncated, or not an llmcheck report of a known schema."""
 
 
-def build(records: list[dict[str, Any]], environment: dict[str, Any], producer: dict[str, Any],
-          started: float, finished: float, interrupted: bool = False) -> dict[str, Any]:
+def build(
+    records: list[dict[str, Any]],
+    environment: dict[str, Any],
+    producer: dict[str, Any],
+    started: float,
+    finished: float,
+    interrupted: bool = False,
+) -> dict[str, Any]:
     """One run's document: schema, producer, environment, summary counts and per-item records."""
     counts = {s: 0 for s in STATUSES}
     for r in records:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    document = strict_json({
-        "schema_version": SCHEMA_VERSION,
-        "producer": producer,
-        "environment": environment,
-        "started_at": started,
-        "finished_at": finished,
-        "interrupted": interrupted,
-        "summary": {"total": len(records), **counts},
-        "results": records,
-    })
+    document = strict_json(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "producer": producer,
+            "environment": environment,
+            "started_at": started,
+            "finished_at": finished,
+            "interrupted": interrupted,
+            "summary": {"total": len(records), **counts},
+            "results": records,
+        }
+    )
     document["digest"] = content_digest(document)
     return document
 
@@ -64,7 +72,9 @@ def read(path: str | os.PathLike) -> dict[str, Any]:
         raise ReportError(f"{path} is not an llmcheck report (no schema_version or results)")
     major = str(doc["schema_version"]).split(".")[0]
     if major != SCHEMA_VERSION.split(".")[0]:
-        raise ReportError(f"{path} has schema version {doc['schema_version']}; this llmcheck reads {SCHEMA_VERSION.split('.')[0]}.x")
+        raise ReportError(
+            f"{path} has schema version {doc['schema_version']}; this llmcheck reads {SCHEMA_VERSION.split('.')[0]}.x"
+        )
     if "digest" in doc and doc["digest"] != content_digest(doc):
         raise ReportError(f"{path}: content digest does not match; the report was edited after llmcheck wrote it")
     for i, r in enumerate(doc["results"]):

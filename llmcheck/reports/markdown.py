@@ -11,8 +11,15 @@ from typing import Any
 from llmcheck.results import FAILING, STATUSES
 
 ORDER = ("regression", "inconclusive", "within noise", "improvement", "new", "changed", "unchanged")
-ICONS = {"regression": "❌", "improvement": "✅", "new": "🆕", "within noise": "〰️", "inconclusive": "❔",
-         "changed": "•", "unchanged": ""}
+ICONS = {
+    "regression": "❌",
+    "improvement": "✅",
+    "new": "🆕",
+    "within noise": "〰️",
+    "inconclusive": "❔",
+    "changed": "•",
+    "unchanged": "",
+}
 MAX_ROWS = 50
 
 
@@ -28,8 +35,11 @@ def cell(value: Any) -> str:
 def comparison(result: dict[str, Any]) -> str:
     """The comparison as Markdown: verdict line, warnings, the gating rows, other changes folded."""
     n = result["regressions"]
-    head = "❌ **llmcheck compare: {} regression{}**".format(n, "" if n == 1 else "s") if n else \
-        "✅ **llmcheck compare: no regressions**"
+    head = (
+        "❌ **llmcheck compare: {} regression{}**".format(n, "" if n == 1 else "s")
+        if n
+        else "✅ **llmcheck compare: no regressions**"
+    )
     lines = [head, "", _sides(result), ""]
     lines += [f"> ⚠️ {cell(w)}" for w in result["warnings"]] + ([""] if result["warnings"] else [])
     main = [r for r in result["rows"] if r["verdict"] not in ("changed", "unchanged")]
@@ -40,8 +50,15 @@ def comparison(result: dict[str, Any]) -> str:
     else:
         lines.append(f"{result['paired']} checks compared; no status changes and no significant shifts.")
     if other:
-        lines += ["", f"<details><summary>{len(other)} other metric change{'s' if len(other) != 1 else ''} "
-                  "(not gated: add a threshold with --fail-on to gate one)</summary>", "", *_table(other), "", "</details>"]
+        lines += [
+            "",
+            f"<details><summary>{len(other)} other metric change{'s' if len(other) != 1 else ''} "
+            "(not gated: add a threshold with --fail-on to gate one)</summary>",
+            "",
+            *_table(other),
+            "",
+            "</details>",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -52,8 +69,10 @@ def _sides(result: dict[str, Any]) -> str:
 
     rules = result["rules"]
     extra = f"; thresholds {', '.join(cell(t) for t in rules['thresholds'])}" if rules["thresholds"] else ""
-    return (f"{side('BASE', result['base'])} → {side('HEAD', result['head'])}; {result['paired']} paired. "
-            f"Samples: Mann-Whitney U at alpha {rules['alpha']:g} and a minimum effect of {rules['min_effect']:.0%}{extra}.")
+    return (
+        f"{side('BASE', result['base'])} → {side('HEAD', result['head'])}; {result['paired']} paired. "
+        f"Samples: Mann-Whitney U at alpha {rules['alpha']:g} and a minimum effect of {rules['min_effect']:.0%}{extra}."
+    )
 
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:
@@ -62,8 +81,10 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
         what = r["kind"] if not r["name"] else f"{r['kind']} {r['name']}"
         change = "" if r["change"] is None else f"{r['change']:+.1%}"
         p = "" if r["p_value"] is None else f"{r['p_value']:.2g}"
-        out.append(f"| {ICONS[r['verdict']]} {r['verdict']} | {cell(r['id'])} | {cell(what)} | {cell(r['base'])} | "
-                   f"{cell(r['head'])} | {change} | {p} | {cell(r['note'])} |")
+        out.append(
+            f"| {ICONS[r['verdict']]} {r['verdict']} | {cell(r['id'])} | {cell(what)} | {cell(r['base'])} | "
+            f"{cell(r['head'])} | {change} | {p} | {cell(r['note'])} |"
+        )
     if len(rows) > MAX_ROWS:
         out.append(f"\n… and {len(rows) - MAX_ROWS} more rows (`llmcheck compare --json` has them all)")
     return out
@@ -79,5 +100,7 @@ def run(document: dict[str, Any]) -> str:
         lines += ["> ⚠️ the run was interrupted: the report holds only the checks that finished", ""]
     if bad:
         lines += ["| status | check | message |", "|---|---|---|"]
-        lines += [f"| {r['status']} | {cell(r['id'])} | {cell(str(r.get('message', ''))[:500])} |" for r in bad[:MAX_ROWS]]
+        lines += [
+            f"| {r['status']} | {cell(r['id'])} | {cell(str(r.get('message', ''))[:500])} |" for r in bad[:MAX_ROWS]
+        ]
     return "\n".join(lines) + "\n"

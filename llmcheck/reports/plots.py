@@ -24,23 +24,43 @@ def _group(row: dict, skip: tuple) -> str:
     """The label of a row's configuration: its short top-level text columns (dtype, mode) and its
     sequence length; nested columns and long texts (notes) are not labels."""
     lengths = ("seq_len",) if "seq_len" in row else ("sl", "sequence_length")
-    parts = [f"{k}={v}" for k, v in row.items() if k not in skip and "." not in k and
-             ((isinstance(v, (str, bool)) and len(str(v)) <= 24) or k in lengths)]
+    parts = [
+        f"{k}={v}"
+        for k, v in row.items()
+        if k not in skip and "." not in k and ((isinstance(v, (str, bool)) and len(str(v)) <= 24) or k in lengths)
+    ]
     return " ".join(parts) or "all"
 
 
 def _style():
     from pygal.style import Style
 
-    return Style(background="white", plot_background="white", foreground="#333", foreground_strong="#111",
-                 foreground_subtle="#999", opacity=".75", opacity_hover=".95", transition="0ms",
-                 font_family="system-ui, -apple-system, 'Segoe UI', sans-serif",
-                 colors=("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#7f7f7f"))
+    return Style(
+        background="white",
+        plot_background="white",
+        foreground="#333",
+        foreground_strong="#111",
+        foreground_subtle="#999",
+        opacity=".75",
+        opacity_hover=".95",
+        transition="0ms",
+        font_family="system-ui, -apple-system, 'Segoe UI', sans-serif",
+        colors=("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#7f7f7f"),
+    )
 
 
 def _config(**extra) -> dict:
-    return {"js": [], "disable_xml_declaration": True, "style": _style(), "width": 760, "height": 360,
-            "truncate_label": 48, "truncate_legend": 40, "legend_at_bottom": True, **extra}
+    return {
+        "js": [],
+        "disable_xml_declaration": True,
+        "style": _style(),
+        "width": 760,
+        "height": 360,
+        "truncate_label": 48,
+        "truncate_legend": 40,
+        "legend_at_bottom": True,
+        **extra,
+    }
 
 
 def box(samples: dict[str, list[float]]):
@@ -65,8 +85,12 @@ def series(name: str, values: list[float], trend: bool):
     if trend:
         xs = list(range(len(values)))
         slope, intercept = statistics.linear_regression(xs, values)
-        chart.add(f"trend: {slope:+.4g} per iteration", [(0, intercept), (xs[-1], intercept + slope * xs[-1])],
-                  show_dots=False, stroke_style={"dasharray": "6, 4"})
+        chart.add(
+            f"trend: {slope:+.4g} per iteration",
+            [(0, intercept), (xs[-1], intercept + slope * xs[-1])],
+            show_dots=False,
+            stroke_style={"dasharray": "6, 4"},
+        )
     return chart
 
 
@@ -78,17 +102,27 @@ def bars(name: str, values: dict[str, float | None]):
     note = ""
     if len(items) > MAX_BARS:  # keep the extremes, which are what a person looks for
         ranked = sorted((kv for kv in items if kv[1] is not None), key=lambda kv: kv[1])
-        keep = {k for k, _ in ranked[:MAX_BARS // 2] + ranked[-MAX_BARS // 2:]}
+        keep = {k for k, _ in ranked[: MAX_BARS // 2] + ranked[-MAX_BARS // 2 :]}
         items, note = [kv for kv in items if kv[0] in keep], f" ({MAX_BARS} of {len(values)}: smallest and largest)"
     positive = [v for _, v in items if v and v > 0]
     log = bool(positive) and max(positive) / min(positive) > 100
     extra = {}
     if log:  # whole decades as the value axis, the smallest bar a decade long
         lo, hi = math.floor(math.log10(min(positive))) - 1, math.ceil(math.log10(max(positive)))
-        extra = {"logarithmic": True, "range": (10.0 ** lo, 10.0 ** hi), "zero": 10.0 ** lo,
-                 "y_labels": [10.0 ** k for k in range(lo, hi + 1)]}
-    chart = pygal.HorizontalBar(**_config(height=90 + 18 * len(items), show_legend=False,
-                                          x_title=name + (" (log scale)" if log else "") + note, **extra))
+        extra = {
+            "logarithmic": True,
+            "range": (10.0**lo, 10.0**hi),
+            "zero": 10.0**lo,
+            "y_labels": [10.0**k for k in range(lo, hi + 1)],
+        }
+    chart = pygal.HorizontalBar(
+        **_config(
+            height=90 + 18 * len(items),
+            show_legend=False,
+            x_title=name + (" (log scale)" if log else "") + note,
+            **extra,
+        )
+    )
     items.reverse()  # pygal draws the first label at the bottom; keep the model's order top-down
     chart.x_labels = [k for k, _ in items]
     chart.add(name, [(v if v and (v > 0 or not log) else None) for _, v in items])
