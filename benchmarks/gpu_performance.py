@@ -34,7 +34,8 @@ def summary(record: dict) -> str:
     if "forward" in m:
         f = m["forward"]
         parts.append(
-            f"p50 {f['median_ms']:.4g} ms n={f['n']} iqr/med {f['iqr_ratio']:.1%} valid={f['valid']} setup={m['setup_s']}"
+            f"p50 {f['median_ms']:.4g} ms n={f['n']} iqr/med {f['iqr_ratio']:.1%} "
+            f"valid={f['valid']} setup={m['setup_s']}"
         )
     if m.get("generation"):
         g = m["generation"]
@@ -44,7 +45,8 @@ def summary(record: dict) -> str:
     if "speed" in m:
         s = m["speed"]
         parts.append(
-            f"rel err {m['outputs']['rel_error']:.3g} speed-up {s['speedup']:.2f}x [{s['ci_low']:.2f}, {s['ci_high']:.2f}]"
+            f"rel err {m['outputs']['rel_error']:.3g} "
+            f"speed-up {s['speedup']:.2f}x [{s['ci_low']:.2f}, {s['ci_high']:.2f}]"
         )
     if record["status"] not in ("passed",) and not m:
         parts.append(record["message"][:300])

@@ -107,7 +107,7 @@ def interleaved_speed(fp32, int8, batch, rounds: int) -> dict:
     base, quant = [], []
     for _ in range(rounds):
         for model, into in ((fp32, base), (int8, quant)):
-            into.extend(timing.sample(lambda: model(**batch), plan).samples_ms)
+            into.extend(timing.sample(lambda model=model: model(**batch), plan).samples_ms)
     ratio, low, high = timing.ratio_ci(base, quant)
     spread = [timing.summarize(s, 0.95)["iqr_ratio"] for s in (base, quant)]
     return {

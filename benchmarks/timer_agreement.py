@@ -36,10 +36,10 @@ from pathlib import Path
 import torch
 from torch.utils.benchmark import Compare, Timer
 
+from llmcheck.measuring import timing
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
-
-from llmcheck.measuring import timing
 
 
 def forward_call(batch_size: int):
@@ -142,7 +142,8 @@ def main() -> int:
     )
     print(
         f"median, round by round: llmcheck / Timer = {paired:.4f}, a difference of {agree:.2%} (limit 3%); "
-        f"pooled: llmcheck {med_ours:.4f} ms (n={len(ours)} calls), Timer {med_theirs:.4f} ms (n={len(theirs)} blocks of {number})"
+        f"pooled: llmcheck {med_ours:.4f} ms (n={len(ours)} calls), "
+        f"Timer {med_theirs:.4f} ms (n={len(theirs)} blocks of {number})"
     )
     print(
         f"  llmcheck's samples averaged in groups of {number}, as Timer's blocks are: median "
@@ -153,7 +154,8 @@ def main() -> int:
         f"Timer {within_theirs:.2%} per block of {number} (llmcheck no wider, within 5 % of Timer's value)"
     )
     print(
-        f"  pooled over rounds: llmcheck {spread_grouped:.2%} in groups ({spread_ours:.2%} per call), Timer {spread_theirs:.2%}; "
+        f"  pooled over rounds: llmcheck {spread_grouped:.2%} in groups ({spread_ours:.2%} per call), "
+        f"Timer {spread_theirs:.2%}; "
         f"per-round medians CV: llmcheck {cv_ours:.2%}, Timer {cv_theirs:.2%}"
     )
     print(

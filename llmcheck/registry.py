@@ -10,9 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmcheck.results import Verdict
+
+if TYPE_CHECKING:
+    from llmcheck.context import Context, Params
 
 GROUP = "llmcheck.checks"
 # Needs a check may declare; a model that lacks one gets the check skipped with the reason.
@@ -47,18 +50,19 @@ class Check:
     name: str
     family: str
     summary: str
-    measure: Callable[..., dict[str, Any]]  # (ctx, params) -> metrics; may raise results.Skip
-    judge: Callable[[dict[str, Any], Any], Verdict]  # (metrics, params) -> Verdict; pure
+    # In the worker: (llmcheck.Context, llmcheck.Params) -> metrics (plain JSON-able numbers); may raise llmcheck.Skip.
+    measure: Callable[[Context, Params], dict[str, Any]]
+    judge: Callable[[dict[str, Any], Params], Verdict]  # (metrics, params) -> Verdict; pure, in the pytest process
     params: Mapping[str, Param] = field(default_factory=dict)
     needs: frozenset[str] = frozenset()
     timeout: float | None = None  # default seconds, when the check needs more than the global one
     timing: bool = False  # its numbers are timings: under pytest-xdist it runs alone (plugins/scheduling.py)
     # (params) -> configurations; each becomes its own item, ``name[bs=8-bfloat16]`` (see variant_id),
     # and reaches measure as ``ctx.variant``. None: one item per check.
-    variants: Callable[[Any], list[dict[str, Any]]] | None = None
+    variants: Callable[[Params], list[dict[str, Any]]] | None = None
     # ([{"metrics", "samples"} per process], params) -> merged metrics; pure, torch-free. When set, the
     # harness measures in ``processes`` worker processes and judges the merged metrics (llmcheck.isolation.processes).
-    merge: Callable[[list[dict[str, Any]], Any], dict[str, Any]] | None = None
+    merge: Callable[[list[dict[str, Any]], Params], dict[str, Any]] | None = None
 
     def __post_init__(self):
         unknown = set(self.needs) - set(KNOWN_NEEDS)

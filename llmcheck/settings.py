@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmcheck.context import Params
 from llmcheck.registry import Check, Param
 
 GLOBAL_PARAMS: dict[str, Param] = {
@@ -34,16 +35,6 @@ class SettingsError(ValueError):
 class Layer:
     source: str  # where the values came from, for error messages
     values: Mapping[str, Any]  # global keys, and check name -> {param: value} or bool
-
-
-class Params(dict):
-    """Resolved parameters of one check; read as attributes (``p.atol``)."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(f"no parameter {name!r}; have {sorted(self)}") from None
 
 
 def parse_value(text: str) -> Any:

@@ -26,7 +26,7 @@ def simulated_run(
     Each process's median is true_time x machine drift x its own offset x measurement noise:
     - machine drift: a random walk shared by the two processes of a pair (they run back to back),
       wandering tens of percent over a run;
-    - per-process offset: uniform within ±``process_spread`` (DESIGN.md §4: 9 % between processes);
+    - per-process offset: uniform within ±``process_spread`` (docs/design.md §4: 9 % between processes);
     - measurement noise: ``noise`` (the standard error of one process's median);
     - with probability ``outliers`` a process shares its core with another job: +30 %.
     """
@@ -35,7 +35,7 @@ def simulated_run(
     while len(ratios) < max_pairs:
         drift *= math.exp(rng.gauss(0, 0.05))
 
-        def process(true_ms: float) -> float:
+        def process(true_ms: float, drift: float = drift) -> float:
             offset = 1 + rng.uniform(-process_spread, process_spread)
             busy = 1.3 if rng.random() < outliers else 1.0
             return true_ms * drift * offset * busy * math.exp(rng.gauss(0, noise))

@@ -66,7 +66,8 @@ class CachedLM(nn.Module):
         x = self.tok(input_ids) + self.pos(pos)
         causal = torch.ones(L, total, dtype=torch.bool, device=x.device).tril(past_len)
         mask = causal[None, None] & attention_mask[:, None, None, :].bool()
-        mask = mask | torch.eye(L, total, dtype=torch.bool, device=x.device).roll(past_len, dims=1)  # pads see themselves
+        # pads see themselves
+        mask = mask | torch.eye(L, total, dtype=torch.bool, device=x.device).roll(past_len, dims=1)
         presents = []
         for i, block in enumerate(self.blocks):
             x, present = block(x, mask, None if past_key_values is None else past_key_values[i])

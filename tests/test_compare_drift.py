@@ -15,7 +15,7 @@ from llmcheck.reports import compare, markdown
 from llmcheck.stats import spread
 from llmcheck.stats.significance import process_shift
 
-DRIFTING = [1.70, 1.78, 1.86]  # 9% apart: the six-run drift measured on this machine (DESIGN.md §4)
+DRIFTING = [1.70, 1.78, 1.86]  # 9% apart: the six-run drift measured on this machine (docs/design.md §4)
 TIGHT = [1.000, 1.004, 1.008]
 
 

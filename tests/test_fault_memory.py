@@ -20,7 +20,9 @@ OOM_ABOVE_12 = (
     + """
 
 # Inference steps here (the OOM is raised in the forward either way): no optimizer, a faster worker.
-@llmcheck.model(causal=True, vocab_size=V, max_seq_len=T, checks={"memory": {"batch_sizes": [4, 16], "mode": "inference"}})
+@llmcheck.model(
+    causal=True, vocab_size=V, max_seq_len=T, checks={"memory": {"batch_sizes": [4, 16], "mode": "inference"}}
+)
 def sweeps_too_far():
     return TinyLM()
 """

@@ -72,7 +72,7 @@ def transformers():
     module = pytest.importorskip("transformers")
     import torch  # noqa: F401
 
-    module.GPT2LMHeadModel, module.AutoConfig, module.AutoTokenizer  # resolve the lazy imports now
+    _ = module.GPT2LMHeadModel, module.AutoConfig, module.AutoTokenizer  # resolve the lazy imports now
     return module
 
 

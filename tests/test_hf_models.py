@@ -23,8 +23,9 @@ def gpt2():  # Conv1D projections, learned absolute positions, n_positions=32
 
 @llmcheck.model
 def llama():  # rotary positions, grouped-query attention
-    return LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, num_key_value_heads=1,
-                                        intermediate_size=64, vocab_size=96, max_position_embeddings=48))
+    return LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
+                                        num_key_value_heads=1, intermediate_size=64, vocab_size=96,
+                                        max_position_embeddings=48))
 
 
 def tiny_bert():

@@ -33,7 +33,10 @@ class PositionFeatures(nn.Module):
     def forward(self, x):
         h = self.lin(x)  # bfloat16 under autocast
         dtype = h.dtype if self.in_activation_dtype else torch.float32  # the bug: angles in bfloat16
-        angles = torch.arange(x.shape[1], device=x.device, dtype=dtype)[:, None] * 10.1 + torch.arange(D, device=x.device, dtype=dtype) * 0.37
+        angles = (
+            torch.arange(x.shape[1], device=x.device, dtype=dtype)[:, None] * 10.1
+            + torch.arange(D, device=x.device, dtype=dtype) * 0.37
+        )
         return x + h + 0.5 * torch.sin(angles)
 
 
@@ -62,7 +65,9 @@ def positions_in_bf16():
     return PositionalLM(in_activation_dtype=True)
 
 
-@llmcheck.model(causal=True, vocab_size=V, max_seq_len=T, checks={"amp": {"max_iqr_ratio": 100.0, "min_valid_samples": 3}})
+@llmcheck.model(
+    causal=True, vocab_size=V, max_seq_len=T, checks={"amp": {"max_iqr_ratio": 100.0, "min_valid_samples": 3}}
+)
 def slow_amp():
     return SlowUnderAutocast()
 '''

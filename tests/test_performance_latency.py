@@ -71,7 +71,9 @@ class SlowLM(TinyLM):
 
 
 # 50 ms of sampling holds 2-3 calls of >= 20 ms: too few samples, so even a 100 s budget must not pass.
-@llmcheck.model(causal=True, vocab_size=V, max_seq_len=T, checks={"latency": {"max_time_s": 0.05, "max_p50_ms": 100000}})
+@llmcheck.model(
+    causal=True, vocab_size=V, max_seq_len=T, checks={"latency": {"max_time_s": 0.05, "max_p50_ms": 100000}}
+)
 def slow():
     return SlowLM()
 """

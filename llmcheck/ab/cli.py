@@ -201,7 +201,9 @@ def missing(model: str, base_spec: str, base_names: list[str]) -> dict[str, Any]
         "verdict": "error",
         "stop": "",
         "pairs": [],
-        "message": f"model {model!r} is not declared in BASE {base_spec} (BASE declares: {', '.join(base_names) or 'none'})",
+        "message": (
+            f"model {model!r} is not declared in BASE {base_spec} (BASE declares: {', '.join(base_names) or 'none'})"
+        ),
         "base_median_ms": None,
         "head_median_ms": None,
         "detectable": None,

@@ -1,13 +1,14 @@
 """A/B benchmarking: two versions of a model measured interleaved in one session, so drift cancels.
 
-Run-to-run drift on a shared machine is larger than the noise inside one run (DESIGN.md §4), so
+Run-to-run drift on a shared machine is larger than the noise inside one run (docs/design.md §4), so
 two stored reports from separate runs cannot tell a 5 % change from a noisy afternoon. Here BASE
 and HEAD are measured in rounds. Each round starts one fresh worker process per side (their torch
 imports overlap each other, never a measurement); once both are idle they take turns, in an order
 drawn per round from a seeded RNG, running the check's own measurement with a short fixed plan:
 ``repeats`` turns each in the Thue-Morse order A B B A B A A B, which cancels a linear drift
 within the round as well as a constant one. Each turn gives the minimum of its samples (or
-another statistic, `STATISTICS`); a process is summarised by its least disturbed turn (the minimum, timeit's rule for repeats: on a shared
+another statistic, `STATISTICS`); a process is summarised by its least disturbed turn (the minimum,
+timeit's rule for repeats: on a shared
 machine a turn can only be slowed by other jobs, never sped up). The pair's ratio HEAD/BASE
 cancels what the machine did over those seconds; fresh processes per pair, as pyperf uses, turn
 each process's own offset (layout, scheduling) into noise the interval accounts for. Rounds stop

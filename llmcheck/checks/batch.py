@@ -118,7 +118,7 @@ def measure(ctx, p) -> dict:
         model = t.build().train(mode == "train")
         model.requires_grad_(False)
 
-        def run(b):
+        def run(b, model=model):
             seed_everything(t.seed + 23)  # the same dropout masks in every train-mode forward
             return t.logits(t.forward(model, b))
 

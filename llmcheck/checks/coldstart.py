@@ -118,7 +118,9 @@ CHECK = Check(
     name="coldstart",
     family="coldstart",
     timing=True,
-    summary="time from a fresh process to the first output: import, construction, checkpoint load, first vs warm forward",
+    summary=(
+        "time from a fresh process to the first output: import, construction, checkpoint load, first vs warm forward"
+    ),
     measure=measure,
     judge=judge,
     params={

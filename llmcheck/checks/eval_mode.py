@@ -84,7 +84,9 @@ def judge(m: dict, p) -> Verdict:
 CHECK = Check(
     name="eval",
     family="eval",
-    summary="eval outputs repeat exactly; no_grad and inference_mode equal grad mode; train/eval toggling leaves no trace",
+    summary=(
+        "eval outputs repeat exactly; no_grad and inference_mode equal grad mode; train/eval toggling leaves no trace"
+    ),
     measure=measure,
     judge=judge,
     params={"atol": Param(float, 0.0, "largest |Δ| allowed between outputs that must be equal", minimum=0)},

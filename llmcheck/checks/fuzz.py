@@ -279,7 +279,9 @@ def judge(m: dict, p) -> Verdict:
 CHECK = Check(
     name="fuzz",
     family="fuzz",
-    summary="Hypothesis over batch size, length, token ids and masks: no exception, right shape, finite; failures shrunk",
+    summary=(
+        "Hypothesis over batch size, length, token ids and masks: no exception, right shape, finite; failures shrunk"
+    ),
     measure=measure,
     judge=judge,
     params={

@@ -149,7 +149,10 @@ def judge(m: dict, p) -> Verdict:
 CHECK = Check(
     name="gradient",
     family="gradient",
-    summary="finite loss near ln(vocab) at init; every trainable parameter gets a finite non-zero gradient; one batch overfits",
+    summary=(
+        "finite loss near ln(vocab) at init; every trainable parameter gets a finite non-zero gradient; "
+        "one batch overfits"
+    ),
     measure=measure,
     judge=judge,
     params={

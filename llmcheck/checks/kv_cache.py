@@ -168,7 +168,10 @@ def judge(m: dict, p) -> Verdict:
 CHECK = Check(
     name="kv-cache",
     family="kv-cache",
-    summary="incremental decoding with past_key_values equals a full forward; greedy generation equal with and without cache",
+    summary=(
+        "incremental decoding with past_key_values equals a full forward; "
+        "greedy generation equal with and without cache"
+    ),
     measure=measure,
     judge=judge,
     params={

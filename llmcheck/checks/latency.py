@@ -28,7 +28,9 @@ BUDGETS = {
     "min_tokens_per_s": "forward tokens/s (batch x seq_len / median) must reach this",
     "max_peak_memory_mb": "peak memory during a forward must not exceed this (MB; CUDA allocated or CPU RSS)",
     "max_ttft_ms": "median time to first token must not exceed this (ms; models with a cache)",
-    "min_decode_tokens_per_s": "decode tokens/s (batch / median per-token latency) must reach this (models with a cache)",
+    "min_decode_tokens_per_s": (
+        "decode tokens/s (batch / median per-token latency) must reach this (models with a cache)"
+    ),
 }
 # budget, series, statistic, label, unit
 RULES = [

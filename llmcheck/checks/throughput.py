@@ -16,9 +16,13 @@ from llmcheck.registry import Check, Param
 from llmcheck.results import Verdict
 
 BUDGETS = {
-    "min_tokens_per_s": 'inference tokens/s must reach this at each batch size (select one with budgets: {"bs=16": ...})',
+    "min_tokens_per_s": (
+        'inference tokens/s must reach this at each batch size (select one with budgets: {"bs=16": ...})'
+    ),
     "min_train_tokens_per_s": "training-step tokens/s must reach this at each batch size",
-    "min_parallel_efficiency": "scaling efficiency of parallel inference must reach this (0-1; needs parallel_workers > 1)",
+    "min_parallel_efficiency": (
+        "scaling efficiency of parallel inference must reach this (0-1; needs parallel_workers > 1)"
+    ),
 }
 
 
@@ -221,7 +225,8 @@ def _budget_problems(m: dict, p) -> list[str]:
     elif limit is not None and par["scaling_efficiency"] < limit:
         problems.append(
             f"parallel scaling efficiency {par['scaling_efficiency']:.0%} < {limit:.0%} "
-            f"({par['workers']} processes: {par['aggregate_tokens_per_s']:.4g} tokens/s vs {par['solo_tokens_per_s']:.4g} alone)"
+            f"({par['workers']} processes: {par['aggregate_tokens_per_s']:.4g} tokens/s "
+            f"vs {par['solo_tokens_per_s']:.4g} alone)"
         )
     return problems
 
@@ -265,7 +270,8 @@ def judge(m: dict, p) -> Verdict:
     par = m["parallel"]
     if par:
         parts.append(
-            f"parallel: {par['workers']} processes x {par['threads_per_worker']} threads, {par['aggregate_tokens_per_s']:.4g} "
+            f"parallel: {par['workers']} processes x {par['threads_per_worker']} threads, "
+            f"{par['aggregate_tokens_per_s']:.4g} "
             f"tokens/s in all, efficiency {par['scaling_efficiency']:.0%} of {par['solo_tokens_per_s']:.4g} alone"
         )
     return Verdict("passed", f"{perf.describe(m['config'])}, seq {m['seq_len']}: " + "; ".join(parts))

@@ -1,6 +1,6 @@
 """One measurement spread over several worker processes, merged and judged in the parent.
 
-Run-to-run drift on shared machines is larger than within-run noise (DESIGN.md §4), and one
+Run-to-run drift on shared machines is larger than within-run noise (docs/design.md §4), and one
 process's samples cannot show it. A check that declares ``merge`` (latency) is therefore measured
 in the model's worker and then in ``processes - 1`` other workers, one after the other (never at
 once: they would time each other). Each process's metrics and raw samples come back as usual; the
@@ -29,7 +29,7 @@ from llmcheck.settings import Params
 from llmcheck.stats import spread
 from llmcheck.stats.significance import repeated
 
-STARTUP_GUESS_S = 2.0  # a fresh worker imports torch (about 1.4 s here, DESIGN.md §6), then the model file
+STARTUP_GUESS_S = 2.0  # a fresh worker imports torch (about 1.4 s here, docs/design.md §6), then the model file
 BUDGET_SHARE = 0.25  # of the item's timeout, when processes_budget_s is not set
 MEASURED = ("passed", "failed")  # statuses of a process that measured (a failed budget still measured)
 

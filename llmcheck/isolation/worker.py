@@ -7,7 +7,7 @@ once. Commands and results cross two pipes as JSON lines, never pickles; the wor
 stderr go to a log the parent reads back as the check's captured output.
 
 On timeout the parent sends SIGUSR1, on which ``faulthandler`` in the worker writes every thread's
-Python stack even while the main thread is stuck in native code (DESIGN.md §6), then kills the
+Python stack even while the main thread is stuck in native code (docs/design.md §6), then kills the
 whole process group, DataLoader workers included. A worker that dies is reported with its signal
 and the fault trace that ``faulthandler`` wrote.
 """

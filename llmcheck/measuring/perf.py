@@ -43,7 +43,10 @@ def unsupported(device, precision: str, mode: str) -> str | None:
     if precision == "float16" and kind != "cuda":
         return f"float16 autocast is measured on CUDA only (device = {device}); on CPU use bfloat16"
     if precision == "bfloat16" and kind == "cuda" and not torch.cuda.is_bf16_supported():
-        return f"bfloat16 autocast needs a GPU with bf16 support (Ampere or newer); {torch.cuda.get_device_name(device)} has none"
+        return (
+            "bfloat16 autocast needs a GPU with bf16 support (Ampere or newer); "
+            f"{torch.cuda.get_device_name(device)} has none"
+        )
     if mode == "cuda_graphs" and kind != "cuda":
         return f"CUDA Graphs mode needs a CUDA device (device = {device}); set device=cuda"
     if mode == "compile" and kind != "cuda":

@@ -54,7 +54,7 @@ class ModelFile(pytest.File):
         except WorkerFailure as exc:
             raise self.CollectError(
                 f"llmcheck could not load {self.path.name}: {exc.message}\n\n{exc.trace}\n{exc.output}"
-            )
+            ) from None
         if reply["op"] == "error":
             raise self.CollectError(
                 f"llmcheck: {reply['message']}" + (f"\n\n{reply['trace']}" if reply.get("trace") else "")

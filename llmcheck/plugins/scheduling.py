@@ -10,7 +10,8 @@ the queue of every other worker to drain.
 
 The lock is two ``fcntl.flock`` files in a folder the controller makes for the run and hands to
 every worker (``pytest_configure_node``): ``gate`` orders the arrivals, ``room`` is shared by
-ordinary items and exclusive to a timing one. ``flock`` locks belong to an open file and go away with the process, so a crashed
+ordinary items and exclusive to a timing one. ``flock`` locks belong to an open file and go away
+with the process, so a crashed
 worker never leaves the run locked. Outside xdist nothing is locked; the slot still records when
 the item ran and how long it waited, which the report keeps under ``scheduling``.
 """

@@ -8,7 +8,7 @@ minimum effect *and* whose Mann-Whitney U test says the shift is real; or a metr
 alone is never a regression: with the defaults (alpha 0.01, 5% minimum effect) an A/A comparison
 of recorded samples fires far less than 1% of the time (tests/test_compare_statistics.py).
 
-Run-to-run drift on shared machines can exceed within-run noise (DESIGN.md §4). When both runs
+Run-to-run drift on shared machines can exceed within-run noise (docs/design.md §4). When both runs
 measured a series in several worker processes (``metrics.processes.series``, llmcheck.isolation.processes),
 a shift must also be significant across the per-process medians, and a series whose
 between-process spread exceeds the threshold is "inconclusive": too noisy to compare two stored

@@ -3,7 +3,7 @@
 Each pair is one BASE process and one HEAD process run back to back, so a slow drift of the
 machine (other jobs, frequency scaling, thermal state) multiplies both medians of a pair and
 cancels in their ratio. What is left is each process's own offset (memory layout, scheduling:
-DESIGN.md §4 measured 9 % between back-to-back processes), which is independent between pairs and
+docs/design.md §4 measured 9 % between back-to-back processes), which is independent between pairs and
 shrinks as pairs accumulate.
 
 Why a Student-t interval on the log ratios (a geometric mean) rather than the alternatives:

@@ -6,7 +6,7 @@ answer is "inconclusive", never "no change" (asv's criterion: the smallest attai
 
 When both runs measured a series in several worker processes (llmcheck.isolation.processes), the test on
 pooled samples is not enough: run-to-run drift moves a whole process's samples together, which
-the rank test takes for a real shift (DESIGN.md §4). The per-process medians then decide too: a
+the rank test takes for a real shift (docs/design.md §4). The per-process medians then decide too: a
 shift counts only if Welch's t test on their logarithms also gives p < alpha (a rank test on 3 vs
 3 medians could never reach alpha 0.01: its smallest p is 0.1). And when either run's
 between-process spread ((max - min) / median of its per-process medians) exceeds the threshold,

@@ -1,6 +1,6 @@
 """Between-process statistics of timed series measured in several worker processes. Pure, torch-free.
 
-Run-to-run drift on shared machines exceeds within-run noise (DESIGN.md §4): six back-to-back runs
+Run-to-run drift on shared machines exceeds within-run noise (docs/design.md §4): six back-to-back runs
 of one forward pass gave medians 9% apart while each run was tight. One process's samples cannot
 show that drift, so a series is measured in several processes and summarised here:
 
@@ -22,7 +22,7 @@ import math
 import statistics
 from typing import Any
 
-from llmcheck.measuring import timing
+from llmcheck.stats import samples
 from llmcheck.stats.student_t import t_two_sided
 
 
@@ -45,8 +45,8 @@ def series_spread(per_process: list[list[float]]) -> dict[str, Any]:
         out["spread"] = (max(medians) - min(medians)) / middle
         if min(medians) > 0:
             out["sd_log"] = statistics.stdev(math.log(m) for m in medians)
-    # quartiles as timing.summarize takes them (pytest-benchmark's Stats), so the numbers agree
-    out["within_iqr_ratio"] = statistics.median(timing.summarize(s, 0.95)["iqr_ratio"] for s in parts)
+    # quartiles as samples.summarize takes them (pytest-benchmark's Stats), so the numbers agree
+    out["within_iqr_ratio"] = statistics.median(samples.summarize(s, 0.95)["iqr_ratio"] for s in parts)
     return out
 
 
@@ -64,12 +64,12 @@ def between_ci(medians: list[float], confidence: float) -> tuple[float, float] |
 
 
 def merge_timing(series: list[dict[str, Any]], samples: list[list[float]]) -> dict[str, Any]:
-    """One timed series (``timing.Measurement.to_metrics`` shape) from its per-process versions
+    """One timed series (``llmcheck.measuring.timing.Measurement.to_metrics`` shape) from its per-process versions
     and raw samples: statistics of the pooled samples, the CI widened as the module says, valid
     only when every process's series was valid."""
     first = series[0]
     pooled = [x for s in samples for x in s]
-    out = {**first, **timing.summarize(pooled, first["confidence"])}
+    out = {**first, **samples.summarize(pooled, first["confidence"])}
     spread = series_spread(samples)
     within = (out["ci_low_ms"], out["ci_high_ms"]) if out["ci_low_ms"] is not None else None
     between = between_ci(spread["medians"], first["confidence"])

@@ -3,7 +3,7 @@
 ``pytest --llmcheck path/to/model_dir`` collects such a folder (see the plugin's
 ``pytest_collect_directory``); in the worker it is loaded fully offline (``local_files_only=True``),
 from safetensors when the folder has them and otherwise from ``.bin`` files through
-``weights_only=True``, never plain pickle (DESIGN.md §5). A tokenizer in the folder, if present,
+``weights_only=True``, never plain pickle (docs/design.md §5). A tokenizer in the folder, if present,
 turns a fixed English text into the check batches, so checks see real token statistics.
 
 Importing this module is cheap (the pytest process uses `is_model_dir`); transformers is imported

@@ -205,7 +205,7 @@ class Target:
 
     def takes(self, keyword: str) -> bool:
         """Whether the model's forward takes ``keyword`` (input_ids, attention_mask, labels, ...)."""
-        self.traits  # resolves the signature too
+        _ = self.traits  # resolves the signature too
         return self._forward_params.get(keyword, False)
 
     # -- inputs ----------------------------------------------------------------------------

@@ -279,9 +279,11 @@ def judge(m: dict, p) -> Verdict:
     return Verdict(
         "passed",
         (
-            f"DDP on {where} ({m['per_rank_batch']} rows each) equals one process on the {m['world_size'] * m['per_rank_batch']}"
+            f"DDP on {where} ({m['per_rank_batch']} rows each) equals one process on the "
+            f"{m['world_size'] * m['per_rank_batch']}"
             f"-row batch after one SGD step: {m['parameters']} parameters ({m['dtype']}), max |Δ| gradient "
-            f"{m['grad'][g][0]:.3g} ({g}), updated parameter {m['param'][q][0]:.3g} ({q}), tolerance {atol:g} + {rtol:g} × "
+            f"{m['grad'][g][0]:.3g} ({g}), updated parameter {m['param'][q][0]:.3g} ({q}), "
+            f"tolerance {atol:g} + {rtol:g} × "
             f"max |ref|; every parameter got a gradient on every rank; on the same rows every rank ran the same "
             f"{m['lines']['same_on_all']} line(s) of the model's code{_data_dependent(m)}"
         ),

@@ -4,7 +4,8 @@ Each rank is ``python -m llmcheck.ddp_rank`` in its own session (so its whole tr
 rendezvousing through a FileStore in the scratch folder: no port to pick, none to collide with a
 parallel run. Every rank appends its phase (``joined``, ``build``, ``forward``, ``backward``,
 ``optimizer``, ``write``, ``gather``, ``done``) and the time to ``rankN.phase``. Once every rank
-has joined the process group, the step must finish within ``collective_timeout``; otherwise each rank's Python stack is taken (SIGUSR1 on which the rank's
+has joined the process group, the step must finish within ``collective_timeout``; otherwise each rank's
+Python stack is taken (SIGUSR1 on which the rank's
 ``faulthandler`` writes every thread, as the worker does, see ``llmcheck.isolation.stacks``) and all ranks
 are killed, descendants included. The process group's own timeout is set above that deadline as
 a backstop, far below its 30-minute gloo / 10-minute NCCL default.

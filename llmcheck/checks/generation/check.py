@@ -84,7 +84,8 @@ def judge(m: dict, p) -> Verdict:
         f"{m['prompts']} prompts x {m['max_new_tokens']} new tokens, greedy and sampled (T={p.temperature:g}): "
         f"logits finite; same seed gives the same tokens; batched = one by one (max |Δ logits| {b['max_abs_diff']:.2g}"
         f" <= {p.atol:g}{'; tokens differ only at a near-tie' if b['token_mismatch'] else ''})",
-        f"longest run: {worst['sampled']}x sampled, {worst['greedy']}x greedy (limit {p.max_repeats}, judged on {p.judge_on})",
+        f"longest run: {worst['sampled']}x sampled, {worst['greedy']}x greedy "
+        f"(limit {p.max_repeats}, judged on {p.judge_on})",
     ]
     if p.eos_token_id >= 0:
         notes.append(f"end token {p.eos_token_id} reached within {p.eos_within or m['max_new_tokens']} new tokens")

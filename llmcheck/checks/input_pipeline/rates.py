@@ -172,5 +172,7 @@ def _thread_prefetch(ctx, t, split: str, p) -> dict:
     return {
         "setting": f"a background thread prefetching {p.prefetch} batches (or a DataLoader with num_workers > 0)",
         "speedup": serial / threaded,
-        "detail": f"load + step {serial * 1e3:.1f} ms per batch in the loop's thread, {threaded * 1e3:.1f} ms prefetched",
+        "detail": (
+            f"load + step {serial * 1e3:.1f} ms per batch in the loop's thread, {threaded * 1e3:.1f} ms prefetched"
+        ),
     }

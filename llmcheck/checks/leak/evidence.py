@@ -150,7 +150,8 @@ def describe_leak(phase: str, r: dict, found: list[str], p) -> str:
     for h in [h for h in r["graph_holders"] if h["held_by"]][:2] or r["graph_holders"][:1]:
         parts.append(
             f"autograd graph kept alive after the step: {h['tensor']} ({h['grad_fn']}, {h['nodes']} graph "
-            f"nodes; its saved tensors are invisible to a tensor census){' held by ' + h['held_by'] if h['held_by'] else ''}"
+            f"nodes; its saved tensors are invisible to a tensor census)"
+            f"{' held by ' + h['held_by'] if h['held_by'] else ''}"
         )
     if "rss" not in found and r["trends"].get("rss"):
         parts.append(
