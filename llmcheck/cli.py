@@ -71,7 +71,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--markdown", nargs="?", const="-", metavar="PATH", help="write a Markdown summary")
     r.set_defaults(run=_report)
     k = sub.add_parser("checks", help="list the registered checks and their parameters")
-    k.add_argument("--json", action="store_true", help="as JSON")
+    k.add_argument("name", nargs="?", metavar="NAME", help="only this check")
+    fmt = k.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="as JSON")
+    fmt.add_argument("--markdown", action="store_true", help="as Markdown: each check's parameter table")
+    k.add_argument(
+        "--write-docs",
+        metavar="DOCS",
+        type=Path,
+        help="rewrite the generated parameter tables under DOCS (docs/checks/NAME.md, docs/running-and-settings.md)",
+    )
     k.set_defaults(run=_checks)
     from llmcheck.ab import cli as ab_cli
 
@@ -193,13 +202,27 @@ def _report(args) -> int:
 
 def _checks(args) -> int:
     from llmcheck.registry import RegistryError, load_checks
-    from llmcheck.settings import check_params
+    from llmcheck.reports import check_docs
+    from llmcheck.settings import GLOBAL_PARAMS, check_params
 
     try:
         checks = load_checks()
     except RegistryError as exc:
         print(f"llmcheck checks: {exc}", file=sys.stderr)
         return 2
+    if args.write_docs:
+        wanted = check_docs.expected(checks, check_params, GLOBAL_PARAMS)
+        for path in check_docs.write(args.write_docs, wanted):
+            print(f"llmcheck checks: rewrote {path}", file=sys.stderr)
+        return 0
+    if args.name:
+        if args.name not in checks:
+            print(f"llmcheck checks: no check named {args.name!r}; have {', '.join(checks)}", file=sys.stderr)
+            return 2
+        checks = {args.name: checks[args.name]}
+    if args.markdown:
+        print("\n".join(check_docs.check_section(c, check_params(c)) for c in checks.values()), end="")
+        return 0
     listing = [
         {
             "name": c.name,
