@@ -52,7 +52,8 @@ class Check:
     summary: str
     # In the worker: (llmcheck.Context, llmcheck.Params) -> metrics (plain JSON-able numbers); may raise llmcheck.Skip.
     measure: Callable[[Context, Params], dict[str, Any]]
-    judge: Callable[[dict[str, Any], Params], Verdict]  # (metrics, params) -> Verdict; pure, in the pytest process
+    # (metrics, params) -> Verdict; pure: in the worker, or in the parent on numbers merged over processes.
+    judge: Callable[[dict[str, Any], Params], Verdict]
     params: Mapping[str, Param] = field(default_factory=dict)
     needs: frozenset[str] = frozenset()
     timeout: float | None = None  # default seconds, when the check needs more than the global one

@@ -17,7 +17,7 @@ def my_model():
 
 
 class ContractError(Exception):
-    """The model file broke the contract (README: the model-file contract); the message says how."""
+    """The model file broke the contract (docs/model-file.md); the message says how."""
 
 
 class UserCodeError(Exception):

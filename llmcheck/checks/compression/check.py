@@ -32,7 +32,7 @@ VARIANTS = (
 )
 PRUNE = ("prune_unstructured", "prune_structured")
 
-# Thresholds apply to every variant unless `overrides` changes them for one. Reasoning in README.
+# Thresholds apply to every variant unless `overrides` changes them for one. Reasoning in docs/checks/compression.md.
 THRESHOLDS = {
     "min_coverage": Param(
         float, 0.95, "fraction of eligible weight bytes the variant must compress", minimum=0, maximum=1

@@ -1,6 +1,6 @@
 """The distributed check's rank program under torchrun (and under the check itself): each rank runs
 one DDP step on its shard; rank 0 then compares with one process on the whole batch, prints the
-verdict and writes ``report.json``. ``python -m llmcheck.ddp_rank`` (README: torchrun) runs this.
+verdict and writes ``report.json``. ``python -m llmcheck.ddp_rank`` (docs/checks/distributed.md: torchrun) runs this.
 """
 
 from __future__ import annotations
