@@ -77,7 +77,18 @@ def add_parser(sub) -> None:
         help="of each process's samples (default %(default)s)",
     )
     a.add_argument(
-        "--min-pairs", type=int, default=ab.Options.min_pairs, help="pairs before the precision stop (default 5)"
+        "--min-pairs",
+        type=int,
+        default=ab.Options.min_pairs,
+        help="process pairs before the precision stop (default 5)",
+    )
+    a.add_argument(
+        "--ab-recycle",
+        type=int,
+        default=ab.Options.recycle,
+        metavar="K",
+        help="rounds a pair of warm worker processes serves before a fresh pair starts; the interval is over "
+        "process pairs (default %(default)s; 1: fresh processes every round)",
     )
     a.add_argument("--seed", type=int, default=0, help="seed of the per-round order (default 0)")
     a.add_argument("--json", metavar="PATH", help="write the result document (strict JSON)")
@@ -91,7 +102,9 @@ def add_parser(sub) -> None:
 
 def options(args) -> ab.Options:
     if args.min_pairs < 3:
-        raise UsageError(f"--min-pairs {args.min_pairs}: need at least 3 (an interval needs 3 pairs)")
+        raise UsageError(f"--min-pairs {args.min_pairs}: need at least 3 (an interval needs 3 process pairs)")
+    if args.ab_recycle < 1:
+        raise UsageError(f"--ab-recycle {args.ab_recycle}: a process pair serves at least 1 round")
     return ab.Options(
         budget_s=duration(args.ab_budget),
         precision=fraction(args.ab_precision, "--ab-precision"),
@@ -99,6 +112,7 @@ def options(args) -> ab.Options:
         seed=args.seed,
         min_pairs=args.min_pairs,
         statistic=args.ab_statistic,
+        recycle=args.ab_recycle,
     )
 
 

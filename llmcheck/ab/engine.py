@@ -2,22 +2,33 @@
 
 Run-to-run drift on a shared machine is larger than the noise inside one run (docs/design.md §4), so
 two stored reports from separate runs cannot tell a 5 % change from a noisy afternoon. Here BASE
-and HEAD are measured in rounds. Each round starts one fresh worker process per side (their torch
-imports overlap each other, never a measurement); once both are idle they take turns, in an order
-drawn per round from a seeded RNG, running the check's own measurement with a short fixed plan:
-``repeats`` turns each in the Thue-Morse order A B B A B A A B, which cancels a linear drift
-within the round as well as a constant one. Each turn gives the minimum of its samples (or
-another statistic, `STATISTICS`); a process is summarised by its least disturbed turn (the minimum,
-timeit's rule for repeats: on a shared
-machine a turn can only be slowed by other jobs, never sped up). The pair's ratio HEAD/BASE
-cancels what the machine did over those seconds; fresh processes per pair, as pyperf uses, turn
-each process's own offset (layout, scheduling) into noise the interval accounts for. Rounds stop
-at the time budget, or for a configuration once its interval is narrower than the precision
-target (`llmcheck.stats.ab_intervals`). This module runs in the parent and stays free of torch.
+and HEAD are measured in rounds. A pair of worker processes, one per side, starts at once (their
+torch imports overlap each other, never a measurement) and serves ``recycle`` rounds before a
+fresh pair replaces it. In each round the two take turns, in an order drawn per round from a
+seeded RNG, running the check's own measurement with a short fixed plan: ``repeats`` turns each in
+the Thue-Morse order A B B A B A A B, which cancels a linear drift within the round as well as a
+constant one. Each turn gives the minimum of its samples (or another statistic, `STATISTICS`); a
+side's value in a round is its least disturbed turn (the minimum, timeit's rule for repeats: on a
+shared machine a turn can only be slowed by other jobs, never sped up). The round's ratio
+HEAD/BASE cancels what the machine did over those seconds.
+
+Why warm processes, recycled: starting two interpreters that import torch costs seconds (about
+20 s a round on this project's loaded 2-core machine), a round of turns a second or less. But a
+process carries its own offset (memory layout, scheduling: 9 % between processes, §4), shared
+by every round it serves, so rounds of one process pair are not independent. The interval is
+therefore taken over process pairs: each pair's rounds are averaged (geometric mean) into one
+ratio, and the Student-t interval runs over those (a cluster mean; with ``recycle=1`` it is the
+fresh-pair-per-round design pyperf uses). Averaging k rounds removes the round-to-round noise by
+k while the pair costs one start-up, so the budget buys far more information per minute; fresh
+pairs keep sampling the between-process variance the interval must include.
+
+Rounds stop at the time budget, or for a configuration once its interval is narrower than the
+precision target (`llmcheck.stats.ab_intervals`). This module runs in the parent and stays free of torch.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import statistics
@@ -70,8 +81,9 @@ class Options:
     min_pairs: int = 5  # before the precision stop may end a configuration
     repeats: int = 4  # measurements per process per round, in turns: A B B A B A A B
     statistic: str = "min"  # of each turn's raw samples (STATISTICS)
-    max_pairs: int = 200
+    max_pairs: int = 200  # rounds
     confidence: float = ab_stats.CONFIDENCE
+    recycle: int = 8  # rounds one pair of worker processes serves before a fresh pair starts (1: every round)
 
 
 @dataclass(frozen=True)
@@ -195,6 +207,16 @@ class Session:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+@dataclass
+class Generation:
+    """The pair of warm worker processes serving the current rounds, and what they cost."""
+
+    number: int
+    workers: dict[str, WorkerProcess]  # label -> worker
+    rounds: int = 0
+    failure: Result | None = None  # why the pair could not measure (a file that fails to load)
+
+
 def run(
     session: Session,
     base: Side,
@@ -206,60 +228,106 @@ def run(
     on_round: Callable[[int, float, list[Config]], None] | None = None,
 ) -> int:
     """Rounds of (BASE, HEAD) in a random order until every configuration is done or the budget is
-    spent; returns the number of rounds. Each configuration's ``pairs`` grow by one per round."""
+    spent; returns the number of rounds. Each configuration's ``pairs`` grow by one per round, each
+    pair naming the process pair (``process``) that measured it."""
     rng = random.Random(options.seed)
-    start, last, rounds = time.monotonic(), 0.0, 0
-    while any(c.status == "running" for c in configs):
-        active = [c for c in configs if c.status == "running"]
-        elapsed = time.monotonic() - start
-        enough = all(len(c.pairs) >= ab_stats.MIN_PAIRS_FOR_INTERVAL for c in active)  # else the run says nothing
-        if enough and elapsed + last > options.budget_s:  # the next round would overrun the budget
+    clock = Clock(time.monotonic())
+    gen: Generation | None = None
+    rounds = 0
+    try:
+        while any(c.status == "running" for c in configs):
+            active = [c for c in configs if c.status == "running"]
+            fresh = gen is None or gen.rounds >= clock.rounds_per_pair(options)
+            if _out_of_budget(active, clock, options, fresh):
+                for c in active:
+                    c.status, c.stop = "done", "budget"
+                break
+            if fresh:
+                began = time.monotonic()
+                if gen is not None:
+                    close_all(list(gen.workers.values()))
+                gen = _start_pair(session, (base, head), configs, rng, 1 if gen is None else gen.number + 1)
+                clock.startups.append(time.monotonic() - began)
+            began, rounds = time.monotonic(), rounds + 1
+            order = [base, head] if rng.random() < 0.5 else [head, base]
+            values = _round(gen, order, check, metric, options.statistic, rng.sample(active, len(active)), options)
+            gen.rounds += 1
             for c in active:
-                c.status, c.stop = "done", "budget"
-            break
-        began, rounds = time.monotonic(), rounds + 1
-        order = [base, head] if rng.random() < 0.5 else [head, base]
-        medians = _round(
-            session, order, check, metric, options.statistic, rng.sample(active, len(active)), options.repeats, rng
-        )
-        for c in active:
-            _add_pair(c, rounds, order[0].label, medians, options)
-        last = time.monotonic() - began
-        if on_round:
-            on_round(rounds, time.monotonic() - start, active)
+                _add_pair(c, rounds, gen.number, order[0].label, values, options)
+            clock.rounds.append(time.monotonic() - began)
+            if on_round:
+                on_round(rounds, clock.elapsed(), active)
+    finally:
+        if gen is not None:
+            close_all(list(gen.workers.values()))
     return rounds
 
 
+@dataclass
+class Clock:
+    """What the run's time went to so far: process-pair start-ups and rounds of turns."""
+
+    start: float
+    startups: list[float] = field(default_factory=list)
+    rounds: list[float] = field(default_factory=list)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def rounds_per_pair(self, options: Options) -> int:
+        """``options.recycle``, lowered when the budget could not otherwise hold ``min_pairs`` process
+        pairs at the start-up and round times measured so far (the interval is over process pairs)."""
+        if not self.startups or not self.rounds:
+            return max(1, options.recycle)
+        startup, per_round = statistics.median(self.startups), statistics.median(self.rounds)
+        fits = (options.budget_s / max(options.min_pairs, 1) - startup) / max(per_round, 1e-3)
+        return max(1, min(options.recycle, int(fits)))
+
+
+def _out_of_budget(active: list[Config], clock: Clock, options: Options, fresh: bool) -> bool:
+    """Whether the next round (with a fresh process pair's start-up, if one is due) would overrun
+    the budget; never before every configuration has the process pairs an interval needs."""
+    enough = all(len(process_ratios(c.pairs)) >= ab_stats.MIN_PAIRS_FOR_INTERVAL for c in active)
+    if not enough or not clock.rounds:
+        return False
+    cost = clock.rounds[-1] + (statistics.median(clock.startups) if fresh else 0.0)
+    return clock.elapsed() + cost > options.budget_s
+
+
+def _start_pair(session: Session, sides: tuple[Side, Side], configs: list[Config], rng, number: int) -> Generation:
+    """Both sides' workers, started at once (imports overlap each other only), pinned to one CPU set,
+    and idle (the model file loaded) before any timing."""
+    workers = {side.label: session.start(side.label) for side in sides}
+    share_cpus(list(workers.values()), configs, rng)
+    gen = Generation(number, workers)
+    for side in sides:
+        gen.failure = gen.failure or _ready(session, workers[side.label], side)
+    return gen
+
+
 def _round(
-    session: Session,
+    gen: Generation,
     order: list[Side],
     check: str,
     metric: str,
     statistic: str,
     configs: list[Config],
-    repeats: int,
-    rng: random.Random,
+    options: Options,
 ) -> dict[str, dict[str, Result | list[float]]]:
-    """One pair of fresh processes; they take turns in an ABBA pattern (A B B A for two repeats),
-    which cancels a linear drift within the round as well as a constant one."""
-    workers = [session.start(side.label) for side in order]  # both start now: imports overlap each other only
-    share_cpus(workers, configs, rng)
+    """One round on the warm pair: the sides take turns in the Thue-Morse order (A B B A for two
+    repeats), which cancels a linear drift within the round as well as a constant one."""
+    if gen.failure is not None:
+        return {s.label: {c.key: gen.failure for c in configs} for s in order}
     out: dict[str, dict[str, Any]] = {side.label: {c.key: [] for c in configs} for side in order}
-    try:
-        for side, worker in zip(order, workers):  # wait until both are idle before timing anything
-            failure = _ready(session, worker, side)
-            if failure is not None:
-                return {s.label: {c.key: failure for c in configs} for s in order}
-        turns = [i for r in range(repeats) for i in ((0, 1) if bin(r).count("1") % 2 == 0 else (1, 0))]  # Thue-Morse
-        for i in turns:
-            for c in configs:
-                got = out[order[i].label][c.key]
-                if isinstance(got, list):
-                    value = _measure(workers[i], order[i], check, metric, statistic, c)
-                    out[order[i].label][c.key] = got + [value] if isinstance(value, float) else value
-        return out
-    finally:
-        close_all(workers)
+    turns = [i for r in range(options.repeats) for i in ((0, 1) if bin(r).count("1") % 2 == 0 else (1, 0))]
+    for i in turns:
+        side = order[i]
+        for c in configs:
+            got = out[side.label][c.key]
+            if isinstance(got, list):
+                value = _measure(gen.workers[side.label], side, check, metric, statistic, c)
+                out[side.label][c.key] = got + [value] if isinstance(value, float) else value
+    return out
 
 
 def share_cpus(workers: list[WorkerProcess], configs: list[Config], rng: random.Random) -> None:
@@ -316,7 +384,7 @@ def _measure(worker: WorkerProcess, side: Side, check: str, metric: str, statist
     return value
 
 
-def _add_pair(c: Config, round_no: int, first: str, medians: dict, options: Options) -> None:
+def _add_pair(c: Config, round_no: int, process: int, first: str, medians: dict, options: Options) -> None:
     runs = {label: medians[label][c.key] for label in ("BASE", "HEAD")}
     broken = next((r for r in runs.values() if isinstance(r, Result)), None)
     if broken is not None:
@@ -327,6 +395,7 @@ def _add_pair(c: Config, round_no: int, first: str, medians: dict, options: Opti
     c.pairs.append(
         {
             "round": round_no,
+            "process": process,
             "first": first,
             "base_ms": base,
             "head_ms": head,
@@ -335,19 +404,54 @@ def _add_pair(c: Config, round_no: int, first: str, medians: dict, options: Opti
             "head_runs_ms": runs["HEAD"],
         }
     )
-    est = ab_stats.estimate([p["ratio"] for p in c.pairs], options.confidence)
+    est = estimate(c.pairs, options.confidence)
     if ab_stats.precise_enough(est, options.precision, options.min_pairs):
         c.status, c.stop = "done", "precision"
     elif len(c.pairs) >= options.max_pairs:
         c.status, c.stop = "done", "max_pairs"
 
 
+def process_ratios(pairs: list[dict[str, Any]]) -> list[float]:
+    """One ratio per process pair: the geometric mean of the ratios of the rounds it measured (pairs
+    without a ``process``, from before processes were reused, are their own process pair)."""
+    groups: dict[Any, list[float]] = {}
+    for i, p in enumerate(pairs):
+        if p["ratio"] > 0 and math.isfinite(p["ratio"]):
+            groups.setdefault(p.get("process", f"round {i}"), []).append(math.log(p["ratio"]))
+    return [math.exp(statistics.fmean(logs)) for logs in groups.values()]
+
+
+def estimate(pairs: list[dict[str, Any]], confidence: float = ab_stats.CONFIDENCE) -> ab_stats.Estimate:
+    """The ratio HEAD/BASE and its interval over process pairs (the module docstring says why)."""
+    return ab_stats.estimate(process_ratios(pairs), confidence)
+
+
+def explain(est: ab_stats.Estimate, rounds: int, threshold: float) -> str:
+    """One line: the verdict with the ratio, its interval and what the run could have detected."""
+    v = ab_stats.verdict(est, threshold)
+    if v == "inconclusive":
+        return (
+            f"inconclusive: {rounds} rounds in {est.n} process pair{'s' if est.n != 1 else ''}; an interval "
+            f"needs at least {ab_stats.MIN_PAIRS_FOR_INTERVAL} process pairs (raise the budget)"
+        )
+    ci = (
+        f"ratio {est.ratio:.3f} ({est.confidence:.0%} CI {est.ci_low:.3f}-{est.ci_high:.3f}, "
+        f"{rounds} rounds in {est.n} process pairs)"
+    )
+    slow, fast = ab_stats.detectable(est, threshold)
+    if v == "regression":
+        return f"regression: {ci} lies wholly above +{threshold:.0%}"
+    if v == "improvement":
+        return f"improvement: {ci} lies wholly below -{threshold:.0%}"
+    return f"no significant change: {ci}; could have detected changes beyond +{slow:.1%} / -{fast:.1%}"
+
+
 def outcome(c: Config, options: Options) -> dict[str, Any]:
     """A configuration's result record: pairs, medians, the estimate and the verdict."""
-    est = ab_stats.estimate([p["ratio"] for p in c.pairs], options.confidence)
+    est = estimate(c.pairs, options.confidence)
     verdict = c.status if c.status in ("skipped", "error") else ab_stats.verdict(est, options.threshold)
     found = ab_stats.detectable(est, options.threshold)
-    message = c.note if c.status in ("skipped", "error") else ab_stats.explain(est, options.threshold)
+    message = c.note if c.status in ("skipped", "error") else explain(est, len(c.pairs), options.threshold)
     median = lambda key: statistics.median(p[key] for p in c.pairs) if c.pairs else None
     return {
         "id": c.key,
@@ -357,6 +461,7 @@ def outcome(c: Config, options: Options) -> dict[str, Any]:
         "message": message,
         "stop": c.stop,
         "pairs": c.pairs,
+        "process_pairs": est.n,
         "base_median_ms": median("base_ms"),
         "head_median_ms": median("head_ms"),
         "estimate": est.to_json(),
@@ -371,7 +476,10 @@ def progress_line(round_no: int, elapsed: float, configs: list[Config], options:
         if not c.pairs or c.pairs[-1]["round"] != round_no:
             parts.append(f"{c.key}: {c.status} ({c.note[:80]})")
             continue
-        est = ab_stats.estimate([p["ratio"] for p in c.pairs], options.confidence)
+        est = estimate(c.pairs, options.confidence)
         ci = f" [{est.ci_low:.3f}, {est.ci_high:.3f}]" if est.ci_low is not None else ""
-        parts.append(f"{c.key}: {c.pairs[-1]['ratio']:.3f} -> {est.ratio:.3f}{ci}" + (" done" if c.stop else ""))
+        parts.append(
+            f"{c.key}: {c.pairs[-1]['ratio']:.3f} -> {est.ratio:.3f}{ci} ({est.n} process pairs)"
+            + (" done" if c.stop else "")
+        )
     return f"llmcheck ab: round {round_no} ({elapsed:.0f}/{options.budget_s:g} s): " + "; ".join(parts)

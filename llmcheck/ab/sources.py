@@ -30,7 +30,7 @@ class Source:
     commit: str | None = None  # the commit REF resolved to, for git:REF:path
 
 
-def _git(args: list[str], cwd: Path) -> str:
+def git(args: list[str], cwd: Path) -> str:
     try:
         out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -53,33 +53,41 @@ def parse(spec: str) -> tuple[str, str] | None:
 def resolve(spec: str, stack: ExitStack, cwd: Path | None = None) -> Source:
     """The model file or folder ``spec`` names; a git worktree made for it is removed by ``stack``."""
     cwd = Path(cwd or Path.cwd()).resolve()
-    git = parse(spec)
-    if git is None:
+    parsed = parse(spec)
+    if parsed is None:
         path = (cwd / spec).resolve()
         if not path.exists():
             raise SourceError(f"{spec!r}: no such file or folder (from {cwd})")
         return Source(spec, path)
-    ref, rel = git
-    top = Path(_git(["rev-parse", "--show-toplevel"], cwd))
+    ref, rel = parsed
+    top = Path(git(["rev-parse", "--show-toplevel"], cwd))
     if rel.startswith("./"):
-        rel = _git(["rev-parse", "--show-prefix"], cwd) + rel[2:]
-    commit = _git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], top)
-    _git(["cat-file", "-e", f"{commit}:{rel}"], top)  # a clear error before a worktree is made
+        rel = git(["rev-parse", "--show-prefix"], cwd) + rel[2:]
+    commit = git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], top)
+    git(["cat-file", "-e", f"{commit}:{rel}"], top)  # a clear error before a worktree is made
+    tree, _ = worktree(commit, stack, top)
+    return Source(spec, tree / rel, commit)
+
+
+def worktree(ref: str, stack: ExitStack, top: Path) -> tuple[Path, str]:
+    """(folder, commit): ``ref`` of the repository at ``top`` checked out detached in a temporary
+    folder, removed by ``stack``."""
+    commit = git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], top)
     folder = Path(tempfile.mkdtemp(prefix="llmcheck-ab-"))
     stack.callback(_remove_worktree, top, folder)
-    _git(["worktree", "add", "--detach", str(folder / "tree"), commit], top)
-    return Source(spec, folder / "tree" / rel, commit)
+    git(["worktree", "add", "--detach", str(folder / "tree"), commit], top)
+    return folder / "tree", commit
 
 
 def _remove_worktree(top: Path, folder: Path) -> None:
     try:
         if (folder / "tree").exists():
-            _git(["worktree", "remove", "--force", str(folder / "tree")], top)
+            git(["worktree", "remove", "--force", str(folder / "tree")], top)
     except SourceError:
         pass  # the folder goes below; prune forgets the worktree
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         try:
-            _git(["worktree", "prune"], top)
+            git(["worktree", "prune"], top)
         except SourceError:
             pass
