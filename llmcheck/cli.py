@@ -85,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     from llmcheck.ab import cli as ab_cli
 
     ab_cli.add_parser(sub)
+    ab_cli.add_ci_parser(sub)  # llmcheck ci: the pull-request gate (statuses vs main, A/B vs the merge base)
     return parser
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -116,47 +117,70 @@ def options(args) -> ab.Options:
     )
 
 
+@dataclass(frozen=True)
+class Request:
+    """What to measure: the check and its series, which models and configurations."""
+
+    check: str = "latency"
+    metric: str = ""  # default: the check's first series
+    models: tuple[str, ...] = ()  # default: every model of HEAD
+    keyword: str = ""
+    configs: str = ""  # ID,ID
+    quiet: bool = False
+
+    def series(self) -> str:
+        metric = self.metric or next(iter(ab.METRICS[self.check]))
+        if metric not in ab.METRICS[self.check]:
+            raise UsageError(f"--metric {metric!r}: {self.check} offers {', '.join(ab.METRICS[self.check])}")
+        return metric
+
+
 def main(args) -> int:
     try:
         opts = options(args)
-        metric = args.metric or next(iter(ab.METRICS[args.check]))
-        if metric not in ab.METRICS[args.check]:
-            raise UsageError(f"--metric {metric!r}: {args.check} offers {', '.join(ab.METRICS[args.check])}")
-        layers = _layers(args)
+        request = Request(args.check, args.metric or "", tuple(args.model), args.keyword, args.configs, args.quiet)
+        request.series()
+        layers = settings_layers(args.check, args.set)
         with ExitStack() as stack:
             sources = {
                 label: ab_sources.resolve(spec, stack) for label, spec in (("BASE", args.base), ("HEAD", args.head))
             }
-            return _run(args, opts, metric, layers, sources, stack)
+            doc = measure(request, opts, layers, sources)
     except (UsageError, SettingsError, ab_sources.SourceError) as exc:
         print(f"llmcheck ab: {exc}", file=sys.stderr)
         return 2
+    _write(args, doc)
+    return 1 if doc["summary"].get("regression") else (2 if doc["summary"].get("error") else 0)
 
 
-def _layers(args) -> list[Layer]:
+def settings_layers(check: str, assigned: list[str]) -> list[Layer]:
+    """pyproject.toml's [tool.llmcheck], the A/B per-process plan, then ``--set`` (HEAD's model layer
+    goes in before the last, per model)."""
     here = Path.cwd().resolve()
     found = next((d / "pyproject.toml" for d in (here, *here.parents) if (d / "pyproject.toml").is_file()), None)
     files = [layer for layer in [pyproject_layer(found) if found else None] if layer]
-    return [*files, ab.plan_layer(args.check), assignments(args.set, "--set on the command line")]
+    return [*files, ab.plan_layer(check), assignments(assigned, "--set on the command line")]
 
 
-def _run(args, opts: ab.Options, metric: str, layers: list[Layer], sources: dict, stack: ExitStack) -> int:
+def measure(request: Request, opts: ab.Options, layers: list[Layer], sources: dict) -> dict[str, Any]:
+    """The A/B document of HEAD's models against BASE's (sources: label -> ab_sources.Source)."""
     from llmcheck.registry import load_checks
 
     checks = load_checks()
-    check = checks[args.check]
+    check = checks[request.check]
     glob, _, _ = resolve(layers, checks, check)
-    session = ab.Session(startup_timeout=glob["startup_timeout"])
-    stack.callback(session.close)
-    started = time.time()
-    described = session.describe({label: str(s.path) for label, s in sources.items()})
-    for label, models in described.items():
-        if isinstance(models, str):
-            raise UsageError(f"{label} {sources[label].spec}: {models}")
-    results, rounds = _compare(args, opts, metric, layers, checks, check, session, described, sources)
-    doc = ab_report.build(
-        check=args.check,
-        metric=metric,
+    with ExitStack() as stack:
+        session = ab.Session(startup_timeout=glob["startup_timeout"])
+        stack.callback(session.close)
+        started = time.time()
+        described = session.describe({label: str(s.path) for label, s in sources.items()})
+        for label, models in described.items():
+            if isinstance(models, str):
+                raise UsageError(f"{label} {sources[label].spec}: {models}")
+        results, rounds = _compare(request, opts, layers, checks, check, session, described, sources)
+    return ab_report.build(
+        check=request.check,
+        metric=request.series(),
         statistic=opts.statistic,
         rounds=rounds,
         base=_side(sources["BASE"]),
@@ -168,16 +192,16 @@ def _run(args, opts: ab.Options, metric: str, layers: list[Layer], sources: dict
         started=started,
         finished=time.time(),
     )
-    _write(args, doc)
-    return 1 if doc["summary"].get("regression") else (2 if doc["summary"].get("error") else 0)
 
 
-def _compare(args, opts, metric, layers, checks, check, session, described, sources) -> tuple[list[dict], int]:
+def _compare(request: Request, opts, layers, checks, check, session, described, sources) -> tuple[list[dict], int]:
     """Per model of HEAD: its configurations, measured against BASE's model of the same name."""
     base_names = [m["name"] for m in described["BASE"]]
-    models = [m for m in described["HEAD"] if not args.model or m["name"] in args.model]
+    models = [m for m in described["HEAD"] if not request.models or m["name"] in request.models]
     if not models:
-        raise UsageError(f"no model {args.model} in HEAD; it declares {[m['name'] for m in described['HEAD']]}")
+        raise UsageError(
+            f"no model {list(request.models)} in HEAD; it declares {[m['name'] for m in described['HEAD']]}"
+        )
     results, rounds, deadline = [], 0, time.monotonic() + opts.budget_s
     for i, info in enumerate(models):
         if info["name"] not in base_names:
@@ -185,19 +209,18 @@ def _compare(args, opts, metric, layers, checks, check, session, described, sour
             continue
         model_layer = Layer(f"@llmcheck.model(checks=...) of {info['name']} in HEAD", info.get("checks") or {})
         glob, params, _ = resolve([*layers[:-1], model_layer, layers[-1]], checks, check)
-        every = ab.configurations(check, params, glob, info["name"], metric)
-        chosen = ab.select(every, args.keyword, [c for c in args.configs.split(",") if c])
+        every = ab.configurations(check, params, glob, info["name"], request.series())
+        chosen = ab.select(every, request.keyword, [c for c in request.configs.split(",") if c])
         if not chosen:
             raise UsageError(
-                f"no configuration of {info['name']} matches -k {args.keyword!r} --configs {args.configs!r}; "
+                f"no configuration of {info['name']} matches -k {request.keyword!r} --configs {request.configs!r}; "
                 f"there are: {', '.join(c.key for c in every)}"
             )
         share = (deadline - time.monotonic()) / (len(models) - i)
         sides = [ab.Side(label, str(sources[label].path), info["name"]) for label in ("BASE", "HEAD")]
         share_opts = ab.Options(**{**opts.__dict__, "budget_s": max(round(share, 1), 1.0)})
-        rounds += ab.run(
-            session, *sides, args.check, metric, chosen, share_opts, None if args.quiet else _progress(share_opts)
-        )
+        progress = None if request.quiet else _progress(share_opts)
+        rounds += ab.run(session, *sides, request.check, request.series(), chosen, share_opts, progress)
         results += [ab.outcome(c, opts) for c in chosen]
     return results, rounds
 
@@ -255,3 +278,164 @@ def _write(args, doc: dict[str, Any]) -> None:
         atomic_write_text(Path(args.markdown), ab_report.markdown(doc))
     if args.markdown != "-":
         sys.stdout.write(ab_report.table(doc))
+
+
+def add_ci_parser(sub) -> None:
+    c = sub.add_parser(
+        "ci",
+        help="gate a pull request: check statuses against main's report, performance by an A/B run against "
+        "the merge base; one Markdown comment; exit 1 on a gated regression",
+        description="Run the checks on HEAD (pytest --llmcheck, JSON report) and compare their statuses with main's "
+        "stored report (or with a run on BASE); then measure BASE and HEAD interleaved with llmcheck ab. Writes "
+        "one Markdown comment holding both. Exit 1 on a gated regression, 2 when HEAD could not be judged.",
+    )
+    c.add_argument("models", nargs="+", metavar="MODEL", help="model files or folders, as for pytest --llmcheck")
+    c.add_argument("--base-ref", required=True, metavar="REF", help="BASE: the merge base of the pull request")
+    c.add_argument(
+        "--main-report",
+        metavar="PATH",
+        help="the JSON report main's last run stored; without it (or when the file is missing) the suite runs on BASE",
+    )
+    c.add_argument("--ab-budget", default="150s", metavar="TIME", help="A/B wall time, all models (default 150s)")
+    c.add_argument(
+        "--min-effect", default="5%", metavar="FRACTION", help="smallest A/B change that counts (default 5%%)"
+    )
+    c.add_argument(
+        "--gate",
+        default="all",
+        metavar="CHECKS",
+        help="checks or families whose regressions block, comma-separated (default all; none: report only)",
+    )
+    c.add_argument("--ab-check", choices=sorted(ab.METRICS), default="latency", help="the A/B check (default latency)")
+    c.add_argument("--ab-set", action="append", default=[], metavar="KEY=VALUE", help="an A/B setting (repeatable)")
+    c.add_argument("--ab-select", default="", metavar="TERMS", help="A/B configurations, as llmcheck ab -k")
+    c.add_argument("--ab-precision", default="2%", metavar="FRACTION", help="A/B precision stop (default 2%%)")
+    c.add_argument("--ab-min-pairs", type=int, default=ab.Options.min_pairs, help="A/B process pairs (default 5)")
+    c.add_argument("--ab-recycle", type=int, default=ab.Options.recycle, metavar="K", help="as llmcheck ab")
+    c.add_argument(
+        "--pytest-args", default="", metavar="ARGS", help="more arguments for the suite runs, e.g. '-k eval'"
+    )
+    c.add_argument("--out", default="llmcheck-ci", metavar="DIR", help="reports, A/B documents, ci.json, comment.md")
+    c.add_argument("-q", "--quiet", action="store_true", help="no A/B progress lines")
+    c.set_defaults(run=ci_main)
+
+
+def ci_main(args) -> int:
+    from llmcheck.ab import ci as ab_ci
+    from llmcheck.reports import ci_comment
+
+    started, out = time.monotonic(), Path(args.out)
+    try:
+        if args.ab_min_pairs < 3 or args.ab_recycle < 1:
+            raise UsageError(f"--ab-min-pairs {args.ab_min_pairs} (>= 3), --ab-recycle {args.ab_recycle} (>= 1)")
+        opts = ab.Options(
+            budget_s=duration(args.ab_budget),
+            precision=fraction(args.ab_precision, "--ab-precision"),
+            threshold=fraction(args.min_effect, "--min-effect"),
+            min_pairs=args.ab_min_pairs,
+            recycle=args.ab_recycle,
+        )
+        gate = ab_ci.parse_gate(args.gate)
+        with ExitStack() as stack:
+            base_dir, base_commit, _ = ab_ci.base_checkout(args.base_ref, stack)
+            head_commit = ab_sources.git(["rev-parse", "HEAD"], Path.cwd())
+            head = ab_ci.run_suite("HEAD", args.models, out / "head-report.json", args.pytest_args)
+            checks = _ci_checks(args, head, base_dir, base_commit, gate, opts.threshold)
+            docs = _ci_ab(args, opts, base_dir, base_commit, out)
+    except (UsageError, SettingsError, ab_sources.SourceError) as exc:
+        print(f"llmcheck ci: {exc}", file=sys.stderr)
+        return 2
+    ab_gated = "all" in gate or args.ab_check in gate
+    blocking = sum(r["blocking"] for r in checks.get("rows", [])) + sum(
+        ab_gated and r["verdict"] == "regression" for d in docs if "results" in d for r in d["results"]
+    )
+    verdict = "error" if checks.get("error") and not blocking else ("fail" if blocking else "pass")
+    doc = {
+        "schema": "llmcheck-ci",
+        "schema_version": "1.0",
+        "verdict": verdict,
+        "blocking": blocking,
+        "base": {"ref": args.base_ref, "commit": base_commit},
+        "head": {"commit": head_commit},
+        "gate": gate,
+        "options": {"ab_budget_s": opts.budget_s, "min_effect": opts.threshold, "ab_check": args.ab_check},
+        "checks": checks,
+        "ab": docs,
+        "duration_s": time.monotonic() - started,
+    }
+    ab_ci.write_json(out / "ci.json", doc)
+    text = ci_comment.markdown(doc)
+    (out / "comment.md").write_text(text, encoding="utf-8")
+    sys.stdout.write(text)
+    return {"pass": 0, "fail": 1}.get(verdict, 2)
+
+
+def _ci_checks(args, head, base_dir: Path, base_commit: str, gate: list[str], min_effect: float) -> dict[str, Any]:
+    """The status half: HEAD's report compared with main's stored one, or with a run on BASE."""
+    from llmcheck.ab import ci as ab_ci
+    from llmcheck.reports import compare, json_report
+    from llmcheck.results import FAILING
+
+    stored = Path(args.main_report) if args.main_report else None
+    against, notes = f"a run on BASE {base_commit[:10]}", []
+    if not head.written:
+        return {
+            "against": against,
+            "error": f"the suite wrote no report on HEAD (exit {head.returncode}): {head.output}",
+        }
+    head_doc = json_report.read(head.report)
+    if stored is not None and stored.is_file():
+        base_doc = json_report.read(stored)
+        commit = (base_doc.get("environment") or {}).get("git_commit")
+        against = f"main's stored report {args.main_report}" + (f" (commit {str(commit)[:10]})" if commit else "")
+    else:
+        notes += [f"no stored report at {args.main_report}: the suite ran on BASE instead"] if stored else []
+        present = [m for m in args.models if (base_dir / m).exists()]
+        base = ab_ci.run_suite("BASE", present, Path(args.out) / "base-report.json", args.pytest_args, base_dir)
+        if present and not base.written:
+            error = f"the suite wrote no report on BASE (exit {base.returncode}): {base.output}"
+            return {"against": against, "error": error}
+        base_doc = json_report.read(base.report) if present else {**head_doc, "results": []}
+    comparison = compare.compare(base_doc, head_doc, compare.Rules(min_effect=min_effect, allow_env_mismatch=True))
+    kept = ("environments differ", "machines differ", "the BASE run", "the HEAD run")
+    summary: dict[str, int] = {}
+    for r in head_doc["results"]:
+        summary[r["status"]] = summary.get(r["status"], 0) + 1
+    before = {r["id"]: r["status"] for r in base_doc["results"]}
+    return {
+        "against": against,
+        "error": None,
+        "rows": ab_ci.status_rows(comparison, head_doc, gate),
+        "still_failing": [
+            r["id"] for r in head_doc["results"] if r["status"] in FAILING and before.get(r["id"]) in FAILING
+        ],
+        "warnings": notes + [w for w in comparison["warnings"] if w.startswith(kept)],
+        "head_summary": summary,
+        "pytest_exit": head.returncode,
+    }
+
+
+def _ci_ab(args, opts: ab.Options, base_dir: Path, base_commit: str, out: Path) -> list[dict[str, Any]]:
+    """The performance half: per model path, llmcheck ab of BASE's version against HEAD's."""
+    from llmcheck.ab import ci as ab_ci
+
+    docs, deadline = [], time.monotonic() + opts.budget_s
+    for i, model in enumerate(args.models):
+        base_path, head_path = base_dir / model, (Path.cwd() / model).resolve()
+        if not base_path.exists():
+            docs.append({"path": model, "error": f"not in BASE {base_commit[:10]}: a new model, nothing to compare"})
+            continue
+        share = max((deadline - time.monotonic()) / (len(args.models) - i), 1.0)
+        sources = {
+            "BASE": ab_sources.Source(f"git:{base_commit[:10]}:{model}", base_path, base_commit),
+            "HEAD": ab_sources.Source(model, head_path),
+        }
+        request = Request(args.ab_check, "", (), args.ab_select, "", args.quiet)
+        try:
+            doc = measure(request, replace(opts, budget_s=share), settings_layers(args.ab_check, args.ab_set), sources)
+        except (UsageError, SettingsError) as exc:
+            docs.append({"path": model, "error": str(exc)})
+            continue
+        ab_ci.write_json(out / f"ab-{i}.json", doc)
+        docs.append(doc)
+    return docs
