@@ -76,9 +76,7 @@ def measure(ctx, p) -> dict:
     batch = t.batch(seq_len=p.seq_len or None)
     ids = t.tokens(batch)
     if ids is None or ids.dim() != 2:
-        raise Skip(
-            "the model's batch has no [batch, seq] token ids to perturb (declare @llmcheck.inputs returning input_ids)"
-        )
+        raise Skip(t.no_tokens(batch, "perturb"))
     if ids.shape[1] < 2:
         raise Skip(f"sequence length {ids.shape[1]} leaves no later token to perturb")
     positions = _positions(ids.shape[1], p.positions)

@@ -89,21 +89,21 @@ class Probe:
     """Runs one example; returns what went wrong, or None. Tracks the module stack so an
     exception names the innermost module it came from."""
 
-    def __init__(self, t, model, masks: bool):
+    def __init__(self, t, model, masks: bool, lengths: tuple[int, int]):
         self.t, self.model, self.masks = t, model, masks
         self.stack: list[str] = []
-        self.expected = self._expected_shape()
+        self.expected = self._expected_shape(lengths)
 
-    def _expected_shape(self):
-        """(dims kept from the default batch's output, its batch size, its seq_len) for shape checks."""
+    def _expected_shape(self, lengths: tuple[int, int]):
+        """(dims kept from the default batch's output, its batch size, its seq_len) for shape checks;
+        the default length is brought within the ``lengths`` the inputs hook makes."""
         import torch
 
-        batch = self.t.batch()
+        seq_len = min(max(self.t.shape()[1], lengths[0]), lengths[1])
+        batch = self.t.batch(seq_len=seq_len)
         ids = self.t.tokens(batch)
         if ids is None or ids.dim() != 2:
-            raise Skip(
-                "the model's batch has no [batch, seq] token ids to fuzz (declare @llmcheck.inputs returning input_ids)"
-            )
+            raise Skip(self.t.no_tokens(batch, "fuzz"))
         with torch.no_grad():
             out = self.t.logits(self.t.forward(self.model, batch))
         if out.dim() >= 2 and tuple(out.shape[:2]) == tuple(ids.shape):
@@ -164,21 +164,30 @@ class Probe:
 
 
 def _search(probe, strategy, examples: int, seed: int, budget_s: float) -> dict:
-    """``hypothesis.find`` of the minimal failing case, within a time budget (renewed for shrinking)."""
+    """``hypothesis.find`` of the minimal failing case, within a time budget (renewed for shrinking).
+    A user hook that breaks its promise while the inputs are made stops the search and is raised:
+    the item is an error naming the hook, never a failure of the model."""
     import random
 
     from hypothesis import HealthCheck, Phase, Verbosity, find, settings
     from hypothesis.errors import NoSuchExample
 
+    from llmcheck.target.model import ContractError, UserCodeError
+
     results: dict[tuple, str | None] = {}
     deadline = [time.monotonic() + budget_s]
+    hook_error: list[Exception] = []
 
     def failing(case: dict) -> bool:
         key = tuple(sorted(case.items()))
         if key not in results:
-            if time.monotonic() > deadline[0]:
-                return False  # out of time: nothing new is run, known results stay consistent
-            results[key] = probe(case)
+            if hook_error or time.monotonic() > deadline[0]:
+                return False  # out of time (or the hook broke): nothing new is run, known results stay
+            try:
+                results[key] = probe(case)
+            except (ContractError, UserCodeError) as exc:  # the probe catches the forward's own errors
+                hook_error.append(exc)
+                return False
             if results[key] is not None and not any(v for k, v in results.items() if k != key):
                 deadline[0] = time.monotonic() + budget_s  # a fresh budget for shrinking
         return results[key] is not None
@@ -195,6 +204,8 @@ def _search(probe, strategy, examples: int, seed: int, budget_s: float) -> dict:
         found = find(strategy, failing, settings=config, random=random.Random(seed))
     except NoSuchExample:
         found = None
+    if hook_error:
+        raise hook_error[0]
     out = {
         "examples": len(results),
         "failing": sum(v is not None for v in results.values()),
@@ -221,6 +232,8 @@ def _coverage(tried: list[dict]) -> dict:
 def measure(ctx, p) -> dict:
     from hypothesis import strategies as st
 
+    from llmcheck.target.lengths import input_lengths
+
     t = ctx.target
     vocab = t.traits.vocab_size
     max_len = p.max_seq_len or t.traits.max_seq_len or 64
@@ -228,24 +241,29 @@ def measure(ctx, p) -> dict:
     print(f"llmcheck fuzz: seed={seed} (replay: --llmcheck-set fuzz.seed={seed})")
     model = t.build().eval()
     masks = t.takes("attention_mask")
+    shortest, longest = input_lengths(t, max_len)
     out = {
         "seed": seed,
         "vocab_size": vocab,
         "max_seq_len": max_len,
+        "lengths": [shortest, longest],
+        "inputs_hook": t.hooks["inputs"].fn.__name__ if "inputs" in t.hooks else None,
         "max_batch_size": p.max_batch_size,
         "masks": masks,
     }
-    with Probe(t, model, masks) as probe:
+    with Probe(t, model, masks, (shortest, longest)) as probe:
         kept, tail = probe.expected
         out["output_shape"] = "[" + ", ".join([*"BT"[:kept], *map(str, tail)]) + "]"
         ctx.progress(search="free", examples=p.examples)
-        free = _search(probe, _cases(p.max_batch_size, st.integers(1, max_len), masks), p.examples, seed, p.max_seconds)
+        free = _search(
+            probe, _cases(p.max_batch_size, st.integers(shortest, longest), masks), p.examples, seed, p.max_seconds
+        )
         searches = [("free", free)]
-        if "case" not in free and max_len > 1:
+        if "case" not in free and longest > shortest:
             ctx.progress(search="at max_seq_len")
             pinned = _search(
                 probe,
-                _cases(p.max_batch_size, st.just(max_len), masks),
+                _cases(p.max_batch_size, st.just(longest), masks),
                 max(4, p.examples // 5),
                 seed + 1,
                 max(1.0, p.max_seconds / 2),
@@ -267,10 +285,16 @@ def judge(m: dict, p) -> Verdict:
             )
     c = m["coverage"]
     padding = f", padding {'/'.join(c['padding'])}" if m["masks"] else ""
+    shortest, longest = m.get("lengths", [1, m["max_seq_len"]])
+    made = (
+        f" (@llmcheck.inputs {m['inputs_hook']} makes lengths {shortest}..{longest} only)"
+        if (shortest, longest) != (1, m["max_seq_len"])
+        else ""
+    )
     return Verdict(
         "passed",
         f"{m['examples']} examples passed (batch_size {c['batch_size'][0]}..{c['batch_size'][1]}, "
-        f"seq_len {c['seq_len'][0]}..{c['seq_len'][1]} of max {m['max_seq_len']}, "
+        f"seq_len {c['seq_len'][0]}..{c['seq_len'][1]} of max {m['max_seq_len']}{made}, "
         f"tokens {'/'.join(c['tokens'])} of vocab {m['vocab_size']}{padding}): no exception, "
         f"output shape {m['output_shape']}, finite; {replay}",
     )

@@ -29,16 +29,12 @@ class Decoder:
         from llmcheck.target.decoding import cache_of
 
         t, extra = self.t, {}
-        if t.takes("attention_mask"):
-            extra["attention_mask"] = torch.ones(
-                ids.shape[0], total or ids.shape[1], dtype=torch.long, device=ids.device
-            )
+        mask = torch.ones(ids.shape[0], total or ids.shape[1], dtype=torch.long, device=ids.device)
         if t.takes("use_cache"):
             extra["use_cache"] = use_cache
         if past is not None:
             extra[self.keyword] = past
-        batch = {"input_ids": ids} if t.takes("input_ids") else ids
-        output = t.forward(self.model, batch, **extra)
+        output = t.forward(self.model, t.ids_batch(ids, mask), **extra)
         return t.logits(output), (cache_of(output, self.keyword) if use_cache else None)
 
     def incremental(self, ids, prefill: int) -> list[float] | str:
@@ -51,7 +47,9 @@ class Decoder:
             if past is None:
                 from llmcheck.target.decoding import SEARCHED
 
-                return f"forward(use_cache=True) returned no cache (looked for {SEARCHED})"
+                src = self.t.takes_from(self.keyword)
+                via = "" if src == "forward" else f"; it takes {self.keyword} through **kwargs, as {src}"
+                return f"forward(use_cache=True) returned no cache (looked for {SEARCHED}{via})"
             logits, past = self(ids[:, pos : pos + 1], past, total=pos + 1)
             steps.append(logits)
         return torch.cat(steps, dim=1)
@@ -109,9 +107,12 @@ def measure(ctx, p) -> dict:
     keyword = t.cache_keyword()
     if keyword is None:
         raise Skip(f"the forward of {t.name} takes no past_key_values (or cache) keyword: no KV cache to check")
-    ids = t.tokens(t.batch())
-    if ids is None or ids.dim() != 2 or ids.shape[1] < 2:
-        raise Skip("the model's batch has no [batch, seq >= 2] token ids to decode")
+    batch = t.batch()
+    ids = t.tokens(batch)
+    if ids is None or ids.dim() != 2:
+        raise Skip(t.no_tokens(batch, "decode"))
+    if ids.shape[1] < 2:
+        raise Skip(f"sequence length {ids.shape[1]} leaves no token to decode after a prefill")
     decode = Decoder(t, model, keyword)
     out = {"keyword": keyword, "seq_len": int(ids.shape[1]), "probes": {}}
     with torch.no_grad():

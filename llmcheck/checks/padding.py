@@ -21,10 +21,11 @@ def _inputs(t, batch, ids, mask, side: str | None = None):
     """(batch, extra keyword arguments) for a forward with these ids and this mask; other
     per-token inputs (token_type_ids, ...) get zeros on the pads."""
     if isinstance(batch, Mapping) and side:
-        n, seq = batch["input_ids"].shape
+        key, old = t.token_entry(batch)
+        n, seq = old.shape
         pad = ids.shape[1] - seq
         batch = {
-            k: _pad(v, pad, side, 0) if k != "input_ids" and v.dim() >= 2 and tuple(v.shape[:2]) == (n, seq) else v
+            k: _pad(v, pad, side, 0) if k != key and v.dim() >= 2 and tuple(v.shape[:2]) == (n, seq) else v
             for k, v in batch.items()
         }
     return t.with_mask(batch, ids, mask)
@@ -84,14 +85,13 @@ def measure(ctx, p) -> dict:
     batch = t.batch()
     ids = t.tokens(batch)
     if ids is None or ids.dim() != 2:
-        raise Skip(
-            "the model's batch has no [batch, seq] token ids to pad (declare @llmcheck.inputs returning input_ids)"
-        )
+        raise Skip(t.no_tokens(batch, "pad"))
     pad_id = _pad_id(model, p)
     out = {
         "pad_tokens": p.pad_tokens,
         "pad_token_id": pad_id,
         "takes_position_ids": t.takes("position_ids"),
+        "mask_from": t.takes_from("attention_mask"),
         "sides": {},
     }
     with torch.no_grad():
@@ -115,6 +115,8 @@ def judge(m: dict, p) -> Verdict:
         )
         if r["mask_effect"] == 0:
             text += "; attention_mask has no effect on the output: it is accepted and ignored"
+            if m.get("mask_from", "forward") != "forward":
+                text += f" (forward takes it through **kwargs, as {m['mask_from']})"
         elif side == "left" and not m["takes_position_ids"]:
             text += (
                 "; the forward takes no position_ids, so if positions count from the first pad token, "

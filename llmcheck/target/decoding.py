@@ -47,15 +47,13 @@ class CacheDecoder:
     def prompt(self, batch, new_tokens: int):
         """``batch`` cut so that the prompt plus ``new_tokens`` fit in max_seq_len (None: no room)."""
         tokens = self.t.tokens(batch)
-        if tokens is None:
-            raise ContractError(f"cannot decode {self.t.name}: its batch has no integer input_ids")
+        if tokens is None or tokens.dim() != 2:
+            raise ContractError(f"cannot decode {self.t.name}: {self.t.no_tokens(batch, 'decode from')}")
         sl, limit = tokens.shape[1], self.t.traits.max_seq_len
         keep = min(sl, limit - new_tokens) if limit else sl
         if keep < 1:
             return None
-        if isinstance(batch, Mapping):
-            return {k: v[:, :keep] if v.dim() >= 2 and v.shape[1] == sl else v for k, v in batch.items()}
-        return batch[:, :keep]
+        return self.t.cut(batch, keep)
 
     def shape(self, prompt) -> tuple[int, int]:
         return tuple(self.t.tokens(prompt).shape[:2])
@@ -82,7 +80,7 @@ class CacheDecoder:
         """One new token per sequence with the cache of ``length`` earlier positions."""
         ids = token.to(self.t.device)[:, None]
         if isinstance(prompt, Mapping):
-            inputs: Any = {"input_ids": ids}
+            inputs: Any = {self.t.token_entry(prompt)[0] or self.t.ids_key(): ids}
             if "attention_mask" in prompt:
                 mask = prompt["attention_mask"]
                 inputs["attention_mask"] = torch.ones(mask.shape[0], length + 1, dtype=mask.dtype, device=mask.device)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import inspect
 import math
 import random
 import sys
@@ -20,7 +19,10 @@ from typing import Any
 import torch
 
 from llmcheck.declare import HookDecl, ModelDecl, declarations
+from llmcheck.target import tokens as token_ids
 from llmcheck.target.contract import EXAMPLE, ContractError, UserCodeError, user_call  # noqa: F401  (the target's errors)
+from llmcheck.target.signature import ForwardSignature, forward_signature
+from llmcheck.target.steps import rng_state, set_rng_state
 
 
 def seed_everything(seed: int) -> None:
@@ -147,28 +149,6 @@ def resolve_traits(declared: dict[str, Any], model) -> Traits:
     return Traits(values.get("causal"), values.get("vocab_size"), values.get("max_seq_len"), source)
 
 
-# Keywords checks ask about: inputs, masks, labels, and the cache conventions (transformers <5.x
-# ``past_key_values``, 5.x ``cache``).
-FORWARD_KEYWORDS = (
-    "input_ids",
-    "attention_mask",
-    "labels",
-    "past_key_values",
-    "cache",
-    "use_cache",
-    "position_ids",
-    "token_type_ids",
-)
-
-
-def accepts(model, name: str) -> bool:
-    """Whether ``model.forward`` takes a keyword named ``name`` (explicitly, not via ``**kwargs``)."""
-    try:
-        return name in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 class Target:
     """One declared model with its hooks and the run's settings, ready for checks to use."""
 
@@ -181,7 +161,10 @@ class Target:
         self.device = torch.device(settings.get("device", "cpu"))
         self.seed = int(settings.get("seed", 0))
         self._traits: Traits | None = None
-        self._forward_params: dict[str, bool] = {}
+        self._signature = ForwardSignature()
+        # The forward parameter that makes it return logits at every position (nanoGPT's targets):
+        # None until a call shows it is needed, False once a call shows it is not.
+        self._full_logits_with: str | None | bool = None
 
     # -- the model -------------------------------------------------------------------------
     def build(self, seed: int | None = None):
@@ -194,7 +177,7 @@ class Target:
             )
         if self._traits is None:
             self._traits = resolve_traits(self.decl.traits, model)
-            self._forward_params = {k: accepts(model, k) for k in FORWARD_KEYWORDS}
+            self._signature = forward_signature(model)
         return model.to(self.device)
 
     @property
@@ -204,9 +187,16 @@ class Target:
         return self._traits
 
     def takes(self, keyword: str) -> bool:
-        """Whether the model's forward takes ``keyword`` (input_ids, attention_mask, labels, ...)."""
+        """Whether the model's forward takes ``keyword`` (input_ids, attention_mask, labels, ...),
+        in its own signature or through ``**kwargs`` (see `llmcheck.target.signature`)."""
         _ = self.traits  # resolves the signature too
-        return self._forward_params.get(keyword, False)
+        return self._signature.takes(keyword)
+
+    def takes_from(self, keyword: str) -> str | None:
+        """Where the forward's ``keyword`` was found: ``"forward"``, or the base class or wrapped
+        model that ``**kwargs`` leads to; None when it does not take it."""
+        _ = self.traits
+        return self._signature.source(keyword)
 
     # -- inputs ----------------------------------------------------------------------------
     def shape(self, batch_size: int | None = None, seq_len: int | None = None) -> tuple[int, int]:
@@ -216,14 +206,20 @@ class Target:
             sl = min(sl, self.traits.max_seq_len)
         return bs, sl
 
-    def batch(self, batch_size: int | None = None, seq_len: int | None = None, seed: int = 0):
-        """A batch from ``@llmcheck.inputs``, or random token ids when the vocabulary is known."""
+    def batch(self, batch_size: int | None = None, seq_len: int | None = None, seed: int = 0, exact: bool = True):
+        """A batch from ``@llmcheck.inputs``, or random token ids when the vocabulary is known.
+
+        The hook's batch is validated before any model sees it: its token ids must have the shape
+        asked, [batch_size, seq_len] (``exact=False`` lets the length differ, for a check that asks
+        the hook what lengths it can make), else a ContractError names the hook."""
         bs, sl = self.shape(batch_size, seq_len)
         hook = self.hooks.get("inputs")
         if hook is not None:
             seed_everything(self.seed + 1000 + seed)
-            batch = user_call(f"@llmcheck.inputs {hook.fn.__name__}({bs}, {sl})", hook.fn, bs, sl)
+            what = f"@llmcheck.inputs {hook.fn.__name__}({bs}, {sl})"
+            batch = user_call(what, hook.fn, bs, sl)
             _validate_batch(batch, bs, hook.fn.__name__, sl)
+            self._validate_tokens(batch, what, bs, sl if exact else None)
         else:
             vocab = self.traits.vocab_size
             if vocab is None:
@@ -232,25 +228,69 @@ class Target:
                     f"@llmcheck.model(vocab_size=N) for random token ids"
                 )
             gen = torch.Generator().manual_seed(self.seed + 1000 + seed)
-            ids = torch.randint(0, vocab, (bs, sl), generator=gen)
-            if self.takes("attention_mask") or self.takes("input_ids"):
-                batch = {"input_ids": ids}
-                if self.takes("attention_mask"):
-                    batch["attention_mask"] = torch.ones_like(ids)
-            else:
-                batch = ids
+            batch = self.ids_batch(torch.randint(0, vocab, (bs, sl), generator=gen))
         return _to(batch, self.device)
 
-    @staticmethod
-    def tokens(batch) -> torch.Tensor | None:
-        """The token-id tensor of a batch: ``input_ids``, or the batch itself when it is one."""
-        t = batch.get("input_ids") if isinstance(batch, Mapping) else batch
-        return t if isinstance(t, torch.Tensor) and not t.is_floating_point() else None
+    def _validate_tokens(self, batch, what: str, bs: int, sl: int | None) -> None:
+        declared = self.decl.token_key
+        if declared is not None and isinstance(batch, Mapping) and declared not in batch:
+            raise ContractError(
+                f"{what} returned the keys {sorted(batch)}, but @llmcheck.model(token_key={declared!r}) "
+                f"says the token ids are under {declared!r}"
+            )
+        key, ids = self.token_entry(batch)
+        if ids is None or ids.dim() != 2 or sl is None or ids.shape[1] == sl:
+            return
+        raise ContractError(
+            f"{what} returned {key or 'token ids'} of shape {list(ids.shape)}; asked for [{bs}, {sl}] "
+            f"(batch_size, seq_len). The hook must give exactly the length asked: truncate or pad to seq_len "
+            f"(a tokenizer adding [CLS]/[SEP] or padding to a minimum length cannot make {sl} tokens)"
+        )
 
-    @staticmethod
-    def with_tokens(batch, ids: torch.Tensor):
-        """``batch`` with its token ids replaced by ``ids`` (other entries kept)."""
-        return {**batch, "input_ids": ids} if isinstance(batch, Mapping) else ids
+    def token_entry(self, batch) -> tuple[str | None, torch.Tensor | None]:
+        """(key, token ids) of ``batch``: found by what they are (`llmcheck.target.tokens`); the key is
+        None for a bare tensor, the ids None when the batch has none."""
+        _ = self.traits
+        return token_ids.find(batch, self._signature.first, self.decl.token_key)
+
+    def tokens(self, batch) -> torch.Tensor | None:
+        """The token ids of a batch: the integer tensor bound to forward's first parameter, whatever
+        its key (``input_ids``, ``idx``, a bare tensor), or the declared ``token_key``."""
+        return self.token_entry(batch)[1]
+
+    def no_tokens(self, batch, use: str) -> str:
+        """Why ``batch`` has no [batch, seq] token ids for ``use`` (a skip reason with the fix)."""
+        _ = self.traits
+        reason = token_ids.why_not_found(batch, self._signature.first, self.decl.token_key)
+        return f"no [batch, seq] token ids to {use}: {reason}"
+
+    def with_tokens(self, batch, ids: torch.Tensor):
+        """``batch`` with its token ids replaced by ``ids``; labels and next-token targets computed
+        from the old ids follow (`llmcheck.target.tokens.replace`), other entries are kept."""
+        key = self.token_entry(batch)[0] if isinstance(batch, Mapping) else None
+        return token_ids.replace(batch, key or self.ids_key(), ids)
+
+    def cut(self, batch, keep: int):
+        """The first ``keep`` positions of ``batch``: token ids and every tensor of their length."""
+        return token_ids.cut(batch, self.tokens(batch).shape[1], keep)
+
+    def ids_key(self) -> str:
+        """The key token ids go under in a batch llmcheck makes: the declared ``token_key``, else
+        forward's first parameter, else ``input_ids``."""
+        _ = self.traits
+        return self.decl.token_key or self._signature.first or token_ids.IDS_KEY
+
+    def ids_batch(self, ids: torch.Tensor, mask: torch.Tensor | None = None):
+        """A batch of only these token ids in the form the forward takes: a mapping under forward's
+        first parameter (with ``mask``, or all ones, when it takes ``attention_mask``), or the bare
+        tensor for a forward that takes neither a mask nor ``input_ids``."""
+        key = self.ids_key()
+        if not self.takes("attention_mask") and key != token_ids.IDS_KEY:
+            return ids
+        batch = {key: ids}
+        if self.takes("attention_mask"):
+            batch["attention_mask"] = torch.ones_like(ids) if mask is None else mask
+        return batch
 
     def with_mask(self, batch, ids: torch.Tensor, mask: torch.Tensor) -> tuple[Any, dict[str, torch.Tensor]]:
         """(batch, extra forward keywords) for ``ids`` under ``mask``; position ids as transformers'
@@ -259,7 +299,7 @@ class Target:
         if self.takes("position_ids") and not (isinstance(batch, Mapping) and "position_ids" in batch):
             extra["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
         if isinstance(batch, Mapping):
-            return {**batch, "input_ids": ids, "attention_mask": mask}, extra
+            return {**self.with_tokens(batch, ids), "attention_mask": mask}, extra
         return ids, {**extra, "attention_mask": mask}
 
     def input_embedding(self, model) -> torch.nn.Module | None:
@@ -284,10 +324,60 @@ class Target:
 
     # -- forward, logits, loss -------------------------------------------------------------
     def forward(self, model, batch, **extra):
+        """``model(**batch, **extra)`` (``model(batch, **extra)`` for a tensor), as the user's code.
+
+        A forward that returns logits for the last position only unless it is given targets
+        (nanoGPT: ``forward(idx, targets=None)`` gives [B, 1, V]) is found on its first call: it is
+        called again, with the RNGs as they were, with next-token targets under its second parameter,
+        and when that gives logits at every position those targets are passed on every later call
+        whose batch does not declare its own."""
+        _ = self.traits  # resolves the signature
+        key = self._full_logits_with
+        if isinstance(key, str) and not _given(batch, extra, key):
+            ids = self.tokens(batch)
+            if ids is not None and ids.dim() == 2:
+                extra = {**extra, key: token_ids.next_token_targets(ids)}
+        if key is None and self._signature.second in NOT_TARGETS:
+            self._full_logits_with = key = False  # no free second parameter to pass targets to
+        if key is not None or _given(batch, extra, self._signature.second):
+            return self._call(model, batch, extra)  # decided, or the batch declares its targets
+        before = rng_state()
+        output = self._call(model, batch, extra)
+        candidate = self._last_position_only(batch, extra, output)
+        if candidate is None:
+            return output
+        after = rng_state()
+        set_rng_state(before)
+        ids = self.tokens(batch)
+        try:
+            retried = self._call(model, batch, {**extra, candidate: token_ids.next_token_targets(ids)})
+        except UserCodeError:
+            retried = None
+        found = _logits_of(retried)
+        if isinstance(found, torch.Tensor) and found.dim() >= 2 and found.shape[1] == ids.shape[1]:
+            self._full_logits_with = candidate
+            return retried
+        self._full_logits_with = False
+        set_rng_state(after)
+        return output
+
+    def _call(self, model, batch, extra: dict):
         what = f"forward of {self.name}"
         if isinstance(batch, Mapping):
             return user_call(what, model, **batch, **extra)
         return user_call(what, model, batch, **extra)
+
+    def _last_position_only(self, batch, extra: dict, output) -> str | None:
+        """The parameter to retry with when ``output`` has logits for one position of [B, T > 1] ids
+        and forward has a free second parameter (decided once: later calls do not ask again)."""
+        candidate, ids = self._signature.second, self.tokens(batch)
+        if ids is None or ids.dim() != 2 or ids.shape[1] < 2:
+            return None
+        found = _logits_of(output)
+        one = isinstance(found, torch.Tensor) and found.dim() == 3 and tuple(found.shape[:2]) == (ids.shape[0], 1)
+        if not one:
+            self._full_logits_with = False
+        return candidate if one else None
 
     def logits(self, output) -> torch.Tensor:
         """The logits of a forward output: the tensor, ``.logits``, ``["logits"]`` or the first element."""
@@ -309,7 +399,7 @@ class Target:
         tokens = self.tokens(batch)
         if isinstance(batch, Mapping) and tokens is not None and self.takes("labels"):
             labels = tokens.masked_fill(batch["attention_mask"] == 0, -100) if "attention_mask" in batch else tokens
-            found = _loss_of(self.forward(model, batch, labels=labels))
+            found = _loss_of(self.forward(model, batch, **({} if "labels" in batch else {"labels": labels})))
             if found is not None:
                 return found, "model"
         output = self.forward(model, batch)
@@ -355,6 +445,14 @@ class Target:
         """The iterable of training batches from ``@llmcheck.train_data`` (a fresh one per call), or None."""
         hook = self.hooks.get("train_data")
         return None if hook is None else user_call(f"@llmcheck.train_data {hook.fn.__name__}", hook.fn)
+
+
+# Second parameters that are never targets: not retried with token ids (see Target.forward).
+NOT_TARGETS = frozenset({None, "attention_mask", "past_key_values", "cache", "position_ids", "token_type_ids"})
+
+
+def _given(batch, extra: dict, key: str) -> bool:
+    return key in extra or (isinstance(batch, Mapping) and key in batch)
 
 
 def _logits_of(output):

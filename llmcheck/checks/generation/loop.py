@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from llmcheck.target.batches import batches, declared
+from llmcheck.target.batches import batches, declared, hook_name
 from llmcheck.target.model import ContractError, seed_everything
 from llmcheck.target.tensors import max_abs_diff
 
@@ -18,30 +18,25 @@ def prompts(t, n: int, length: int, max_batches: int = 64) -> torch.Tensor:
     inputs (rows are reused when the data holds fewer than ``n``)."""
     split = next((s for s in ("eval", "train") if declared(t, s)), None)
     source = batches(t, split, limit=max_batches) if split else [t.batch(batch_size=n, seq_len=length)]
+    what = hook_name(t, split) if split else "the default inputs"
     rows: list[torch.Tensor] = []
     for batch in source:
         tokens = t.tokens(batch)
         if tokens is None or tokens.dim() != 2:
             raise ContractError(
-                f"generation needs prompts of token ids [batch, seq]; the "
-                f"{split or 'default'} batches give {type(batch).__name__}"
+                f"generation needs prompts of token ids [batch, seq] from {what}: {t.no_tokens(batch, 'prompt with')}"
             )
         rows += [r[:length] for r in tokens if len(r) >= length]
         if len(rows) >= n:
             break
     if not rows:
-        raise ContractError(f"no {split or 'default'} row has {length} tokens; lower generation.prompt_len")
+        raise ContractError(f"no row of {what} has {length} tokens; lower generation.prompt_len")
     return torch.stack([rows[i % len(rows)] for i in range(n)]).to(t.device)
 
 
 def as_batch(t, ids: torch.Tensor):
-    """The model's input for token ids: a mapping when its forward takes input_ids/attention_mask."""
-    if t.takes("input_ids") or t.takes("attention_mask"):
-        batch = {"input_ids": ids}
-        if t.takes("attention_mask"):
-            batch["attention_mask"] = torch.ones_like(ids)
-        return batch
-    return ids
+    """The model's input for token ids, under forward's first parameter (`Target.ids_batch`)."""
+    return t.ids_batch(ids)
 
 
 def _next_token(logits: torch.Tensor, p, generator) -> torch.Tensor:
