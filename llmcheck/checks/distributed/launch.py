@@ -198,7 +198,7 @@ def _last_exception(output: str) -> str:
     lines = [re.sub(r"^\[rank\d+\]:\s?", "", ln).strip() for ln in output.splitlines()]
     found = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Exit)\b.*", ln)]
     last = found[-1] if found else (lines[-1] if lines else "")
-    return last.removeprefix("llmcheck.target.model.UserCodeError: ")  # its message already says whose code raised
+    return re.sub(r"^llmcheck(\.\w+)*\.UserCodeError: ", "", last)  # its message already says whose code raised
 
 
 def _tail(path: Path) -> str:
