@@ -22,7 +22,7 @@ import math
 import statistics
 from typing import Any
 
-from llmcheck.stats import samples
+from llmcheck.stats.samples import summarize
 from llmcheck.stats.student_t import t_two_sided
 
 
@@ -46,7 +46,7 @@ def series_spread(per_process: list[list[float]]) -> dict[str, Any]:
         if min(medians) > 0:
             out["sd_log"] = statistics.stdev(math.log(m) for m in medians)
     # quartiles as samples.summarize takes them (pytest-benchmark's Stats), so the numbers agree
-    out["within_iqr_ratio"] = statistics.median(samples.summarize(s, 0.95)["iqr_ratio"] for s in parts)
+    out["within_iqr_ratio"] = statistics.median(summarize(s, 0.95)["iqr_ratio"] for s in parts)
     return out
 
 
@@ -69,7 +69,7 @@ def merge_timing(series: list[dict[str, Any]], samples: list[list[float]]) -> di
     only when every process's series was valid."""
     first = series[0]
     pooled = [x for s in samples for x in s]
-    out = {**first, **samples.summarize(pooled, first["confidence"])}
+    out = {**first, **summarize(pooled, first["confidence"])}
     spread = series_spread(samples)
     within = (out["ci_low_ms"], out["ci_high_ms"]) if out["ci_low_ms"] is not None else None
     between = between_ci(spread["medians"], first["confidence"])
