@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
 
     ab_cli.add_parser(sub)
     ab_cli.add_ci_parser(sub)  # llmcheck ci: the pull-request gate (statuses vs main, A/B vs the merge base)
+    from llmcheck.reports import history
+
+    history.add_parser(sub)  # llmcheck history: stored reports of main over commits, change points flagged
     return parser
 
 
