@@ -24,6 +24,23 @@ GLOBAL_PARAMS: dict[str, Param] = {
     "device": Param(str, "cpu", "device the checks run on: cpu, cuda or cuda:N"),
     "batch_size": Param(int, 2, "batch size of the default check batch", minimum=1),
     "seq_len": Param(int, 16, "sequence length of the default check batch (capped at max_seq_len)", minimum=1),
+    "memory_limit": Param(
+        float,
+        0.8,
+        "resident memory a worker's process tree may use: a fraction (<= 1) of the memory available when the "
+        "session starts, or bytes (> 1); over it the check is crashed (out of memory); 0: no limit",
+        minimum=0,
+    ),
+    "hang_factor": Param(
+        float,
+        20.0,
+        "a check with no progress (forward, backward, ctx.progress) for this many times the model's step time, "
+        "at least hang_floor_s, while its processes are idle, is a hang; 0: only the timeout",
+        minimum=0,
+    ),
+    "hang_floor_s": Param(
+        float, 10.0, "seconds without progress before the hang_factor rule may fire, however short the step", minimum=1
+    ),
 }
 
 

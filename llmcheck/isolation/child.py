@@ -1,6 +1,8 @@
 """The worker process's side: import torch once, then run commands from the parent.
 
-Started by `llmcheck.isolation.worker.WorkerProcess` as ``python -m llmcheck.isolation CMD_FD OUT_FD FAULT_PATH``.
+Started by `llmcheck.isolation.worker.WorkerProcess` (under its reaper) as
+``python -m llmcheck.isolation CMD_FD OUT_FD FAULT_PATH [BEAT_PATH]``; the model's calls are counted
+into BEAT_PATH (`llmcheck.target.calls.Heartbeat`), which the parent's watchdog reads.
 """
 
 from __future__ import annotations
@@ -70,8 +72,9 @@ def _cpu_name() -> str:
 
 
 class ChildLoop:
-    def __init__(self, channel: Channel):
+    def __init__(self, channel: Channel, calls=None):
         self.channel = channel
+        self.calls = calls  # a Heartbeat the parent reads, or None
         self.checks = None
         self.tmp = Path(tempfile.mkdtemp(prefix="llmcheck-worker-", dir=os.environ.get("LLMCHECK_TMP")))
 
@@ -119,11 +122,13 @@ class ChildLoop:
             models, hooks = load_declarations(Path(msg["file"]))
             decl = next(m for m in models if m.name == msg["model"])
             target = Target(decl, hooks[decl.name], msg["settings"], path=Path(msg["file"]))
+            if self.calls is not None:
+                target.calls = self.calls
             unmet = self._unmet(check.needs, target)
             if unmet:
                 return Result("skipped", unmet)
             workdir = Path(tempfile.mkdtemp(prefix=f"{check.name}-", dir=self.tmp))
-            ctx = Context(target, workdir, self.channel.send)
+            ctx = Context(target, workdir, self._progress)
             ctx.variant = dict(msg.get("variant") or {})
             metrics = check.measure(ctx, params)
             verdict = check.judge(metrics, params)
@@ -140,6 +145,11 @@ class ChildLoop:
                 f"check {check.name} raised {type(exc).__name__}: {exc}",
                 trace="".join(traceback.format_exception(exc)),
             )
+
+    def _progress(self, message: dict[str, Any]) -> None:
+        if self.calls is not None:
+            self.calls.progress()
+        self.channel.send(message)
 
     @staticmethod
     def _unmet(needs, target) -> str:
@@ -211,7 +221,12 @@ def main(argv: list[str]) -> None:
     import torch  # noqa: F401  (imported once, before the first command, to time start-up apart)
 
     channel.send({"op": "hello", "env": environment(), "pid": os.getpid()})
-    worker = ChildLoop(channel)
+    calls = None
+    if len(argv) > 3:
+        from llmcheck.target.calls import Heartbeat
+
+        calls = Heartbeat(Path(argv[3]))
+    worker = ChildLoop(channel, calls)
     with os.fdopen(cmd_fd, "rb") as commands:
         for line in commands:
             msg = json.loads(line)

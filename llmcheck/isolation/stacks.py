@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 
 from llmcheck.isolation import frames
+from llmcheck.isolation.output import read_span
 
 PYSPY_TIMEOUT = 5.0  # seconds for all dumps together; --native unwinding can be slow on large processes
 
@@ -65,10 +66,7 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _read_from(path: Path, offset: int) -> str:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read().decode("utf-8", "replace")
+DUMP_LIMIT = 200_000  # bytes of one process's dump read back: faulthandler's own caps keep real dumps far below
 
 
 def faulthandler_dump(pid: int, fault_path: Path, wait: float) -> str:
@@ -85,7 +83,7 @@ def faulthandler_dump(pid: int, fault_path: Path, wait: float) -> str:
         if size > before and size == last:  # grown, then stable for one poll
             break
         last = size
-    return _read_from(fault_path, before) if _size(fault_path) > before else ""
+    return read_span(fault_path, before, DUMP_LIMIT // 2, DUMP_LIMIT // 2) if _size(fault_path) > before else ""
 
 
 def pyspy_dumps(pids: list[int]) -> dict[int, str]:
@@ -122,11 +120,12 @@ def _role(pid: int, root: int, text: str) -> str:
     return "child process"
 
 
-def collect(pid: int, fault_path: Path, wait: float = 2.0) -> list[Section]:
-    """Stacks of ``pid`` and its descendants: faulthandler first (Python frames of every thread),
-    then py-spy's native stacks when it is installed."""
+def collect(pid: int, fault_path: Path, wait: float = 2.0, others: list[int] = ()) -> list[Section]:
+    """Stacks of ``pid``, its descendants and ``others`` (processes that left its tree, adopted by
+    the reaper): faulthandler first (Python frames of every thread), then py-spy's native stacks
+    when it is installed."""
     sections: list[Section] = []
-    children = [p.pid for p in descendants(pid)]
+    children = [p.pid for p in descendants(pid)] + [p for p in others if p != pid]
     for target in [pid, *children]:
         if target != pid and not catches_sigusr1(target):
             sections.append(

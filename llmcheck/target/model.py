@@ -20,6 +20,7 @@ import torch
 
 from llmcheck.declare import HookDecl, ModelDecl, declarations
 from llmcheck.target import tokens as token_ids
+from llmcheck.target.calls import Calls
 from llmcheck.target.contract import EXAMPLE, ContractError, UserCodeError, user_call  # noqa: F401  (the target's errors)
 from llmcheck.target.signature import ForwardSignature, forward_signature
 from llmcheck.target.steps import rng_state, set_rng_state
@@ -165,6 +166,7 @@ class Target:
         # The forward parameter that makes it return logits at every position (nanoGPT's targets):
         # None until a call shows it is needed, False once a call shows it is not.
         self._full_logits_with: str | None | bool = None
+        self.calls = Calls()  # counts forwards and backwards for the watchdog; the worker installs a Heartbeat
 
     # -- the model -------------------------------------------------------------------------
     def build(self, seed: int | None = None):
@@ -363,9 +365,16 @@ class Target:
 
     def _call(self, model, batch, extra: dict):
         what = f"forward of {self.name}"
-        if isinstance(batch, Mapping):
-            return user_call(what, model, **batch, **extra)
-        return user_call(what, model, batch, **extra)
+        self.calls.forward_started()
+        try:
+            if isinstance(batch, Mapping):
+                output = user_call(what, model, **batch, **extra)
+            else:
+                output = user_call(what, model, batch, **extra)
+        finally:
+            self.calls.forward_ended()
+        self.calls.watch_backward(_logits_of(output))
+        return output
 
     def _last_position_only(self, batch, extra: dict, output) -> str | None:
         """The parameter to retry with when ``output`` has logits for one position of [B, T > 1] ids
