@@ -1,9 +1,13 @@
 """Streaming statistics of a split's token sequences for the `data` check (worker side).
 
-One pass per split: exact duplicates (8-byte BLAKE2 digests of each sequence), hashed n-grams of
-training sequences in a Bloom filter (rbloom: a maintained Rust implementation with a set-like
-API; 2.25 bytes per n-gram as sized here at a 0.1% false-positive rate, where a Python set of the
-same hashes costs 68-82: benchmarks/data_check.py), length and token histograms, out-of-vocabulary ids.
+One pass per split: exact duplicates (8-byte BLAKE2 digests of each sequence, with how often each
+content repeats), the distinct rows themselves in the narrowest integer type that holds the ids
+(1 byte a token for a byte-level vocabulary, 2 up to 65536 ids: about what the Bloom filter below
+costs per n-gram; llmcheck.checks.data.windows reads them for the random-window analysis), length
+and token histograms, out-of-vocabulary ids. Training n-grams then go into a Bloom filter (rbloom:
+a maintained Rust implementation with a set-like API; 2.25 bytes per n-gram as sized here at a
+0.1% false-positive rate, where a Python set of the same hashes costs 68-82:
+benchmarks/data_check.py) that eval sequences are looked up in.
 """
 
 from __future__ import annotations
@@ -15,36 +19,64 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from llmcheck.target.batches import batches, hook_name
-from llmcheck.target.model import ContractError
-
 _P = 1_000_003  # multiplier of the polynomial n-gram hash, mod 2**64
+_P_INVERSE = pow(_P, -1, 2**64)  # _P is odd, so it has an inverse mod 2**64: the rolling hash needs it
 _SHOW_TOKENS = 12  # token ids shown per reported example
+CHARACTER_VOCAB = 256  # vocabularies this small are byte- or character-level
+NGRAM_CHARACTERS, NGRAM_SUBWORDS = 50, 13  # automatic n-gram lengths (ngram = 0), see resolve_ngram
 
 
-@functools.lru_cache(maxsize=8)
-def _powers(n: int) -> np.ndarray:
-    return np.array([pow(_P, n - 1 - k, 2**64) for k in range(n)], dtype=np.uint64)
+@functools.lru_cache(maxsize=16)
+def _powers(base: int, size: int) -> np.ndarray:
+    return np.array([pow(base, k, 2**64) for k in range(size)], dtype=np.uint64)
+
+
+def _table(base: int, length: int) -> np.ndarray:
+    return _powers(base, 1 << max(6, (length - 1).bit_length()))[:length]  # cached per power of two
 
 
 def sequence_hash(row: np.ndarray) -> int:
+    row = np.ascontiguousarray(row, dtype=np.int64)  # the same digest whatever dtype the row is stored in
     return int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little", signed=True)
 
 
-def ngram_hashes(row: np.ndarray, n: int) -> np.ndarray:
-    """64-bit hashes of every n-gram of ``row`` (int64), empty when the row is shorter than n."""
-    if len(row) < n:
-        return np.empty(0, dtype=np.int64)
-    windows = np.lib.stride_tricks.sliding_window_view(row.astype(np.uint64) + np.uint64(1), n)
-    h = (windows * _powers(n)).sum(axis=1, dtype=np.uint64)  # wraps mod 2**64 by design
+def ngram_hashes(rows: np.ndarray, n: int) -> np.ndarray:
+    """64-bit hashes (int64) of every n-gram along the last axis of ``rows`` (one row or a 2-D block).
+
+    h_i = sum_k (x_{i+k} + 1) P^(n-1-k) mod 2**64, from prefix sums of x_u P^-u: O(length) for any n.
+    """
+    x = np.asarray(rows).astype(np.uint64) + np.uint64(1)
+    length = x.shape[-1]
+    if length < n:
+        return np.empty(x.shape[:-1] + (0,), dtype=np.int64)
+    prefix = np.zeros(x.shape[:-1] + (length + 1,), dtype=np.uint64)
+    np.cumsum(x * _table(_P_INVERSE, length), axis=-1, dtype=np.uint64, out=prefix[..., 1:])  # wraps by design
+    h = (prefix[..., n:] - prefix[..., :-n]) * _table(_P, length)[n - 1 :]
     h ^= h >> np.uint64(31)  # splitmix64 finaliser: spread the polynomial's low-entropy bits
     h *= np.uint64(0xBF58476D1CE4E5B9)
     h ^= h >> np.uint64(27)
     return h.view(np.int64)
 
 
+def resolve_ngram(ngram: int, vocab: int, lengths: Counter) -> int:
+    """The n-gram length for near duplicates: ``ngram`` when set, else chosen from the vocabulary.
+
+    Contamination studies count 13 words; a subword token is most of a word, so 13 tokens. A
+    character is a sixth of an English word (with its space): 13 characters are two short words,
+    shared by chance between any two texts, so a byte- or character-level vocabulary gets 50. At
+    most half the median row length, so that a row has n-grams to compare.
+    """
+    if ngram:
+        return ngram
+    base = NGRAM_CHARACTERS if vocab <= CHARACTER_VOCAB else NGRAM_SUBWORDS
+    median = sorted(lengths.elements())[sum(lengths.values()) // 2] if lengths else base
+    return max(1, min(base, median // 2))
+
+
 def rows_of(target, batch, what: str) -> list[np.ndarray]:
     """The token-id rows of a batch, padding (attention_mask == 0) removed."""
+    from llmcheck.target.model import ContractError
+
     tokens = target.tokens(batch)
     if tokens is None:
         raise ContractError(
@@ -60,6 +92,8 @@ def rows_of(target, batch, what: str) -> list[np.ndarray]:
 
 
 def iter_rows(ctx, split: str, limit: int):
+    from llmcheck.target.batches import batches, hook_name  # torch: the hashing above runs without it
+
     what = hook_name(ctx.target, split)
     count = 0
     for b, batch in enumerate(batches(ctx.target, split, device=False)):
@@ -86,29 +120,40 @@ def js_divergence(a: np.ndarray, b: np.ndarray) -> float:
     return max(0.0, (kl(p) + kl(q)) / 2)
 
 
+def new_bloom(rows: int, per_row: int, p):
+    from rbloom import Bloom
+
+    capacity = max(10_000, int(1.25 * rows * max(1, per_row)))
+    return Bloom(capacity, p.bloom_error_rate), capacity
+
+
 class SplitStats:
     """Everything the data check needs from one split, gathered row by row."""
 
-    def __init__(self, vocab: int | None, p, keep_ngrams: bool = False, overlap: Overlap | None = None):
-        self.vocab, self.p, self.keep_ngrams, self.overlap = vocab, p, keep_ngrams, overlap
+    def __init__(self, vocab: int | None, p, overlap: Overlap | None = None):
+        self.vocab, self.p, self.overlap = vocab, p, overlap
         self.rows = self.duplicates = self.oov = 0
         self.first_duplicate, self.first_oov, self.bloom = None, None, None
         self.seen: dict[int, int] = {}  # sequence digest -> first row with it
+        self.copies: Counter = Counter()  # sequence digest -> rows with it
+        self.kept: list[np.ndarray] = []  # the distinct rows, in order
+        self.kept_at: list[int] = []  # the row number of each
         self.lengths: Counter = Counter()
         self.halves = [np.zeros(vocab or 1, np.int64), np.zeros(vocab or 1, np.int64)]
 
     def add(self, i: int, row: np.ndarray) -> None:
         self.rows += 1
         digest = sequence_hash(row)
+        self.copies[digest] += 1
         if digest in self.seen:
             self.duplicates += 1
             self.first_duplicate = self.first_duplicate or [i, self.seen[digest]]
         else:
             self.seen[digest] = i
+            self.kept.append(row.astype(_narrowest(row)))
+            self.kept_at.append(i)
         self.lengths[len(row)] += 1
         self._count(i, row)
-        if self.keep_ngrams:
-            self._bloom(row).update(ngram_hashes(row, self.p.ngram).tolist())
         if self.overlap is not None:
             self.overlap.add(i, row, digest)
 
@@ -125,14 +170,12 @@ class SplitStats:
             counts = self.halves[i % 2]
         counts += np.bincount(ok, minlength=len(counts))
 
-    def _bloom(self, row: np.ndarray):
-        if self.bloom is None:
-            from rbloom import Bloom
-
-            per_row = max(1, len(row) - self.p.ngram + 1)
-            self.capacity = max(10_000, int(1.25 * self.p.max_sequences * per_row))
-            self.bloom = Bloom(self.capacity, self.p.bloom_error_rate)
-        return self.bloom
+    def index_ngrams(self, n: int) -> None:
+        """Put the n-grams of every distinct row into the Bloom filter that eval rows are looked up in."""
+        self.ngram = n
+        self.bloom, self.capacity = new_bloom(len(self.kept), max(self.lengths, default=0) - n + 1, self.p)
+        for row in self.kept:
+            self.bloom.update(ngram_hashes(row, n).tolist())
 
     @property
     def counts(self) -> np.ndarray:
@@ -140,10 +183,14 @@ class SplitStats:
         return sum(np.pad(h, (0, size - len(h))) for h in self.halves)
 
     def summary(self) -> dict:
+        digest, most = self.copies.most_common(1)[0] if self.copies else (None, 0)
         return {
             "rows": self.rows,
             "tokens": int(self.counts.sum()) + self.oov,
             "duplicates": self.duplicates,
+            "distinct": len(self.seen),
+            "repeated_contents": sum(1 for c in self.copies.values() if c > 1),
+            "most_repeated": {"row": self.seen[digest], "copies": most} if most > 1 else None,
             "first_duplicate": self.first_duplicate,
             "oov": self.oov,
             "first_oov": self.first_oov,
@@ -172,6 +219,14 @@ class SplitStats:
         }
 
 
+def _narrowest(row: np.ndarray):
+    """The smallest integer type that holds every id of ``row`` (kept rows cost 1-2 bytes a token)."""
+    if not row.size or row.min() < 0:
+        return np.int64
+    top = int(row.max())
+    return np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.int64
+
+
 class Overlap:
     """Eval sequences that duplicate training data: exact (same digest) or near (n-grams in train)."""
 
@@ -185,46 +240,46 @@ class Overlap:
         j = self.train.seen.get(digest)
         if j is not None:
             self.exact += 1
-            self._keep({"eval_row": i, "train_row": j, "kind": "exact", "seen": 1.0, "closest_shared": 1.0})
+            self._keep({"eval_row": i, "train_row": j, "kind": "exact", "seen": 1.0, "closest_shared": 1.0}, row)
             return
-        grams = np.unique(ngram_hashes(row, self.p.ngram))
-        if self.train.bloom is None or not len(grams):
-            return
-        seen = sum(g in self.train.bloom for g in grams.tolist()) / len(grams)
+        seen, grams = seen_fraction(row, self.train.ngram, self.train.bloom)
         if seen >= self.p.near_duplicate:
             self.near += 1
-            example = self._keep({"eval_row": i, "train_row": None, "kind": "near", "seen": seen})
+            example = self._keep({"eval_row": i, "train_row": None, "kind": "near", "seen": seen}, row)
             if example is not None:
-                self._pending.append((example, set(grams.tolist())))
+                self._pending.append((example, set(grams)))
 
-    def _keep(self, example: dict) -> dict | None:
+    def _keep(self, example: dict, row: np.ndarray) -> dict | None:
         if len(self.examples) >= self.p.show:
             return None
+        example["tokens"] = [int(x) for x in row[:_SHOW_TOKENS]]
         self.examples.append(example)
         return example
 
-    def summary(self, ctx, p) -> dict:
-        """Counts and the first examples; near duplicates get their closest train row in a second pass."""
-        if self._pending:
-            best = [(-1, 0)] * len(self._pending)  # (train row, shared n-grams)
-            for j, row in iter_rows(ctx, "train", p.max_sequences):
-                grams = set(ngram_hashes(row, p.ngram).tolist())
-                for k, (_, wanted) in enumerate(self._pending):
-                    shared = len(grams & wanted)
-                    if shared > best[k][1]:
-                        best[k] = (j, shared)
-            for (example, wanted), (j, shared) in zip(self._pending, best):
-                example["train_row"] = j
-                example["closest_shared"] = shared / len(wanted)
+    def summary(self) -> dict:
+        """Counts and the first examples, near duplicates with the training row sharing most n-grams."""
+        best = [(-1, 0)] * len(self._pending)  # (train row, shared n-grams)
+        for j, row in zip(self.train.kept_at, self.train.kept) if self._pending else ():
+            grams = set(ngram_hashes(row, self.train.ngram).tolist())
+            for k, (_, wanted) in enumerate(self._pending):
+                shared = len(grams & wanted)
+                if shared > best[k][1]:
+                    best[k] = (j, shared)
+        for (example, wanted), (j, shared) in zip(self._pending, best):
+            example["train_row"] = j
+            example["closest_shared"] = shared / len(wanted)
         return {"overlap_exact": self.exact, "overlap_near": self.near, "overlap_examples": self.examples}
 
 
+def seen_fraction(row: np.ndarray, n: int, bloom) -> tuple[float, list[int]]:
+    """The fraction of ``row``'s distinct n-grams found in ``bloom`` (0 for a row shorter than n)."""
+    grams = np.unique(ngram_hashes(row, n)).tolist()
+    if bloom is None or not grams:
+        return 0.0, grams
+    return sum(g in bloom for g in grams) / len(grams), grams
+
+
 def scan(ctx, split: str, stats: SplitStats, p) -> None:
-    """Feed up to ``max_sequences`` rows of ``split`` to ``stats``; keep the shown rows' first ids."""
-    overlap = stats.overlap
+    """Feed up to ``max_sequences`` rows of ``split`` to ``stats``."""
     for i, row in iter_rows(ctx, split, p.max_sequences):
         stats.add(i, row)
-        if overlap is not None:
-            for example in overlap.examples:
-                if example["eval_row"] == i:
-                    example["tokens"] = [int(x) for x in row[:_SHOW_TOKENS]]
