@@ -7,6 +7,7 @@ import os
 import textwrap
 
 import pytest
+from ci_skips import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401  (CI: see ci_skips.py)
 from model_sources import CLEAN
 
 # Workers inherit this. With two test processes on two cores, torch's default of one thread per
