@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -169,3 +170,127 @@ def test_user_strings_stay_text_in_the_comment():
     }
     text = ci_comment.markdown(doc)
     assert "<img" not in text and "&lt;img src=x onerror=alert(1)&gt;\\|\\`x\\`" in text
+
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPRESSION = re.compile(r"\$\{\{\s*([^}]+?)\s*\}\}")
+ACTION_KEYS = {"name", "description", "author", "inputs", "outputs", "runs", "branding"}
+INPUT_KEYS = {"description", "required", "default", "deprecationMessage"}
+
+
+def action() -> dict:
+    yaml = pytest.importorskip("yaml")  # pyyaml: the dev extra
+    return yaml.safe_load((ROOT / "action.yml").read_text())
+
+
+def test_action_yml_is_a_composite_action_whose_inputs_are_used_described_and_documented():
+    spec = action()
+    assert set(spec) <= ACTION_KEYS and {"name", "description", "runs"} <= set(spec)
+    assert spec["runs"]["using"] == "composite"
+    steps = spec["runs"]["steps"]
+    for step in steps:  # a composite step either runs a shell script (shell required) or uses an action
+        assert ("run" in step) != ("uses" in step), step
+        assert "run" not in step or step.get("shell") == "bash", step
+    for output in spec["outputs"].values():
+        assert output["description"] and EXPRESSION.fullmatch(output["value"])
+    used = {n for e in EXPRESSION.findall(json.dumps(steps)) for n in re.findall(r"\binputs\.([\w-]+)", e)}
+    docs = (ROOT / "docs" / "ci.md").read_text()
+    for name, spec_in in spec["inputs"].items():
+        assert set(spec_in) <= INPUT_KEYS and len(spec_in["description"]) > 20, name
+        assert name in used, f"input {name} is not used by any step"
+        assert f"| `{name}` |" in docs, f"input {name} is not in docs/ci.md's input table"
+    for step in steps:  # inputs reach scripts through env, never spliced into the script text
+        assert not EXPRESSION.search(step.get("run", "")), step["run"]
+
+
+def run_step(step: dict, tmp_path: Path, context: dict[str, str], fakes: dict[str, str]) -> tuple[int, dict]:
+    """One run step of action.yml under bash as the runner starts it, with ``${{ }}`` in its env
+    resolved from ``context`` and stand-in commands on PATH; (exit status, what it wrote to GITHUB_OUTPUT)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, script in fakes.items():
+        (bin_dir / name).write_text("#!/bin/bash\n" + script)
+        (bin_dir / name).chmod(0o755)
+    out = tmp_path / "github_output"
+    out.write_text("")
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "RUNNER_TEMP": str(tmp_path),
+        "GITHUB_OUTPUT": str(out),
+        "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md"),
+        "GITHUB_REPOSITORY": "o/r",
+        **{k: EXPRESSION.sub(lambda m: context[m.group(1)], str(v)) for k, v in step.get("env", {}).items()},
+    }
+    done = subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]], env=env, cwd=tmp_path
+    )
+    return done.returncode, dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
+
+
+def step(name: str) -> dict:
+    return next(s for s in action()["runs"]["steps"] if s.get("name", "").startswith(name))
+
+
+def context(**inputs: str) -> dict[str, str]:
+    spec = action()["inputs"]
+    values = {f"inputs.{k}": str(v.get("default", "")) for k, v in spec.items()} | {
+        f"inputs.{k}": v for k, v in inputs.items()
+    }
+    return values | {
+        "steps.base.outputs.sha": "a" * 40,
+        "steps.report.outputs.path": "",
+        "github.event.pull_request.number": "7",
+    }
+
+
+def test_the_action_passes_its_inputs_to_llmcheck_ci_and_reports_the_verdict(tmp_path):
+    record = tmp_path / "argv"
+    fake = f'printf "%s\\n" "$@" > {record}\nmkdir -p "$RUNNER_TEMP/llmcheck-ci"\n'
+    fake += 'echo "<!-- llmcheck -->fake" > "$RUNNER_TEMP/llmcheck-ci/comment.md"\nexit 1\n'
+    ctx = context(
+        models="models/a.py models/b",
+        gate="eval,latency",
+        **{"ab-settings": "latency.batch_sizes=[1]\nlatency.seq_lens=[16]\n", "pytest-args": "-k 'not fuzz'"},
+    )
+    code, outputs = run_step(step("llmcheck ci"), tmp_path, ctx, {"llmcheck": fake})
+    assert code == 0 and outputs["verdict"] == "fail" and outputs["exit"] == "1"
+    assert (tmp_path / "summary.md").read_text() == "<!-- llmcheck -->fake\n"
+    argv = record.read_text().splitlines()
+    args = cli._parser().parse_args(argv)  # what the action passes, read by the real parser
+    assert args.command == "ci" and args.models == ["models/a.py", "models/b"]
+    assert (args.base_ref, args.ab_budget, args.min_effect, args.gate) == ("a" * 40, "150s", "5%", "eval,latency")
+    assert args.ab_set == ["latency.batch_sizes=[1]", "latency.seq_lens=[16]"] and args.pytest_args == "-k 'not fuzz'"
+    assert args.main_report is None  # no report found: llmcheck ci runs the suite on BASE
+    final = run_step(step("Verdict"), tmp_path, {"steps.gate.outputs.exit": outputs["exit"]}, {})
+    assert final[0] == 1
+
+
+def test_the_action_edits_its_earlier_comment_instead_of_adding_one(tmp_path):
+    if not Path("/usr/bin/jq").exists():
+        pytest.skip("jq is not installed (GitHub's runners have it)")
+    (tmp_path / "comment.md").write_text("<!-- llmcheck -->\n## ✅ fine | `x`\n")
+    calls = tmp_path / "calls"
+    listing = json.dumps([{"id": 41, "body": "someone else"}, {"id": 42, "body": "<!-- llmcheck -->\nold"}])
+    gh = f'echo "$*" >> {calls}\nif [ "$2" = "--paginate" ]; then echo "$LISTING" | jq ".[] | select(.body | '
+    gh += 'startswith(\\"<!-- llmcheck -->\\")) | .id"; fi\n'
+    ctx = context() | {"steps.gate.outputs.comment": str(tmp_path / "comment.md")}
+    post = step("Post or update")
+    for listing_now, expected in (("[]", "--method POST repos/o/r/issues/7/comments"), (listing, "--method PATCH")):
+        calls.write_text("")
+        post_env = {**post, "env": {**post["env"], "LISTING": listing_now}}
+        code, _ = run_step(post_env, tmp_path, ctx, {"gh": gh})
+        assert code == 0 and expected in calls.read_text(), calls.read_text()
+    assert "repos/o/r/issues/comments/42" in calls.read_text()
+    assert json.loads((tmp_path / "llmcheck-body.json").read_text())["body"] == (tmp_path / "comment.md").read_text()
+
+
+def test_every_llmcheck_ci_line_in_the_docs_parses():
+    docs = (ROOT / "docs" / "ci.md").read_text()
+    lines = re.findall(r"llmcheck ci (models/[^\n]*)", docs)
+    assert len(lines) >= 4
+    for line in lines:
+        words = shlex.split(
+            line.split("#")[0].split(">")[0].split("||")[0].replace('"$@"', "").replace('"${report[@]}"', "")
+        )
+        args = cli._parser().parse_args(["ci", *words])
+        assert args.base_ref and args.models == ["models/gpt.py"], line

@@ -91,6 +91,13 @@ def add_parser(sub) -> None:
         help="rounds a pair of warm worker processes serves before a fresh pair starts; the interval is over "
         "process pairs (default %(default)s; 1: fresh processes every round)",
     )
+    a.add_argument(
+        "--ab-repeats",
+        type=int,
+        default=ab.Options.repeats,
+        metavar="N",
+        help="turns per side in a round, in the order A B B A B A A B (default %(default)s)",
+    )
     a.add_argument("--seed", type=int, default=0, help="seed of the per-round order (default 0)")
     a.add_argument("--json", metavar="PATH", help="write the result document (strict JSON)")
     a.add_argument("--markdown", nargs="?", const="-", metavar="PATH", help="write Markdown (stdout, or PATH)")
@@ -104,8 +111,8 @@ def add_parser(sub) -> None:
 def options(args) -> ab.Options:
     if args.min_pairs < 3:
         raise UsageError(f"--min-pairs {args.min_pairs}: need at least 3 (an interval needs 3 process pairs)")
-    if args.ab_recycle < 1:
-        raise UsageError(f"--ab-recycle {args.ab_recycle}: a process pair serves at least 1 round")
+    if args.ab_recycle < 1 or args.ab_repeats < 1:
+        raise UsageError(f"--ab-recycle {args.ab_recycle}, --ab-repeats {args.ab_repeats}: each at least 1")
     return ab.Options(
         budget_s=duration(args.ab_budget),
         precision=fraction(args.ab_precision, "--ab-precision"),
@@ -114,6 +121,7 @@ def options(args) -> ab.Options:
         min_pairs=args.min_pairs,
         statistic=args.ab_statistic,
         recycle=args.ab_recycle,
+        repeats=args.ab_repeats,
     )
 
 
