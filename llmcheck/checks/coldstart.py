@@ -23,6 +23,7 @@ from pathlib import Path
 from llmcheck.registry import Check, Param
 from llmcheck.results import Skip, Verdict
 
+OUTPUT_TAIL = 1500  # bytes of a failed fresh process's output kept in the error
 PARTS = ("interpreter", "import_torch", "cuda_init", "import_model", "construct", "load", "first_forward")
 LABELS = {
     "interpreter": "interpreter start",
@@ -52,19 +53,29 @@ def _save(model, directory: Path) -> Path:
 def _run_fresh(job: dict) -> dict:
     out_path = Path(job["out"])
     started = time.time()
-    proc = subprocess.run(
+    with subprocess.Popen(
         [sys.executable, "-m", "llmcheck.checks.coldstart", json.dumps(job)],
-        capture_output=True,
-        text=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         cwd=os.getcwd(),
-    )
-    if proc.returncode != 0 or not out_path.exists():
-        tail = (proc.stderr or proc.stdout).strip()[-1500:]
-        raise RuntimeError(f"the fresh process exited with status {proc.returncode}:\n{tail}")
+    ) as proc:
+        tail = _last_output(proc.stdout, OUTPUT_TAIL)  # the model may print without end: keep the tail only
+        returncode = proc.wait()
+    if returncode != 0 or not out_path.exists():
+        raise RuntimeError(f"the fresh process exited with status {returncode}:\n{tail.strip()}")
     parts = json.loads(out_path.read_text())
     out_path.unlink()
     parts["interpreter"] = parts.pop("entered_at") - started
     return parts
+
+
+def _last_output(stream, limit: int) -> str:
+    """The last ``limit`` bytes of what ``stream`` gives until its end, read without keeping the rest."""
+    kept = b""
+    for chunk in iter(lambda: stream.read1(1 << 16), b""):
+        kept = (kept + chunk)[-limit:]
+    return kept.decode("utf-8", "replace")
 
 
 def measure(ctx, p) -> dict:

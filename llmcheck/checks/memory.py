@@ -5,9 +5,13 @@ try, before they try them.
 Peak is the process's peak RSS on CPU (its high-water mark, reset before each step through
 ``/proc/self/clear_refs``) and ``torch.cuda.max_memory_allocated`` on CUDA. The limit is the
 device's memory on CUDA and, on CPU, ``budget_mb`` or else 90% of the memory available when the
-check starts. The largest batch is found by doubling from 1, then bisection. An out-of-memory
-error at one size (``torch.OutOfMemoryError``, ``MemoryError``, an allocator's "out of memory")
-is a data point, not the end of the run; after a CUDA OOM the harness replaces the worker.
+check starts; in a worker, at most 90% of the worker's ``memory_limit``, which the watchdog
+enforces on the worker's whole process tree by killing it. The largest batch is found by doubling
+from 1, then bisection. An out-of-memory error at one size (``torch.OutOfMemoryError``,
+``MemoryError``, an allocator's "out of memory") is a data point, not the end of the run; after a
+CUDA OOM the harness replaces the worker. On CPU, a size whose peak, extrapolated from the largest
+size that fitted, would pass 1.5x the limit or 90% of ``memory_limit`` is not run: the kernel or the
+watchdog would kill the worker instead of the step raising.
 """
 
 from __future__ import annotations
@@ -35,15 +39,31 @@ def out_of_memory(exc: BaseException) -> str | None:
     return None
 
 
+HEADROOM = 0.9  # of the worker's memory_limit: the rest is for the tree's other processes and the step's spikes
+
+
+def hard_limit(t) -> float | None:
+    """Bytes a step may never be predicted to pass on CPU: 90% of the memory_limit the watchdog
+    enforces on the worker (llmcheck.isolation.watchdog), when there is one."""
+    enforced = t.settings.get("memory_limit_bytes")
+    return HEADROOM * enforced if enforced and t.device.type != "cuda" else None
+
+
 def limit(t, p) -> tuple[float, str]:
     """(bytes, where the number comes from) that a step's peak must stay under."""
     import psutil
     import torch
 
+    hard = hard_limit(t)
     if p.budget_mb > 0:
-        return p.budget_mb * 2**20, f"budget_mb = {p.budget_mb:g}"
+        budget = p.budget_mb * 2**20
+        if hard is not None and hard < budget:
+            return hard, f"90% of the worker's memory_limit (below budget_mb = {p.budget_mb:g})"
+        return budget, f"budget_mb = {p.budget_mb:g}"
     if t.device.type == "cuda":
         return float(torch.cuda.mem_get_info(t.device)[1]), f"memory of {torch.cuda.get_device_name(t.device)}"
+    if hard is not None:
+        return hard, "90% of the worker's memory_limit"
     rss, available = psutil.Process().memory_info().rss, psutil.virtual_memory().available
     return rss + 0.9 * available, "RSS now + 90% of the memory available at the start"
 
@@ -56,6 +76,8 @@ class Runner:
         self.model = self.t.build().train(p.mode == "train")
         self.opt = self.t.optimizer(self.model)[0] if p.mode == "train" else None
         self.limit, self.limit_source = limit(self.t, p)
+        hard = hard_limit(self.t)
+        self.run_cap = 1.5 * self.limit if hard is None else min(1.5 * self.limit, hard)  # predicted above: not run
         self.last_fit: dict | None = None  # the largest size that fitted, to extrapolate from
 
     def predicted(self, bs: int, sl: int) -> float | None:
@@ -90,8 +112,8 @@ class Runner:
             "oom": None,
             "predicted_bytes": self.predicted(bs, sl),
         }
-        if out["predicted_bytes"] is not None and out["predicted_bytes"] > 1.5 * self.limit:
-            return {**out, "fits": False}  # not run: it would most likely be OOM-killed
+        if out["predicted_bytes"] is not None and out["predicted_bytes"] > self.run_cap:
+            return {**out, "fits": False}  # not run: it would most likely be killed, by the kernel or the watchdog
         try:
             batch = self.t.batch(batch_size=bs, seq_len=sl)
             cuda = self.t.device.type == "cuda"
@@ -228,7 +250,11 @@ CHECK = Check(
             str, "train", "step to measure: train (forward, backward, optimizer) or inference", choices=MODES
         ),
         "budget_mb": Param(
-            float, 0.0, "memory limit in MiB (0: the device's memory on CUDA, 90% of available RAM on CPU)", minimum=0
+            float,
+            0.0,
+            "memory limit in MiB (0: the device's memory on CUDA; on CPU 90% of the worker's memory_limit, "
+            "or of available RAM outside a worker)",
+            minimum=0,
         ),
         "max_batch_size": Param(int, 256, "largest batch size the search tries", minimum=1),
         "min_batch_size": Param(int, 1, "the check fails when the largest batch that fits is smaller", minimum=1),

@@ -101,7 +101,7 @@ def run_extra(pool: WorkerPool, key: tuple, index: int, message: dict[str, Any],
         reply, output = worker.request(single, timeout=float(params["timeout"]))
     except WorkerFailure as exc:
         pool.retire_spare(key, index)
-        return Result(exc.status, exc.message, trace=exc.trace, output=exc.output)
+        return Result(exc.status, exc.message, exc.metrics, trace=exc.trace, output=exc.output)
     result = Result.from_json(reply["result"])
     result.output = output
     if result.status not in MEASURED or reply.get("retire"):

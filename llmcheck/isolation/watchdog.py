@@ -189,7 +189,7 @@ class Watch:
             return None
         beat = self.beat.read()
         idle = (time.monotonic_ns() - beat["last_ns"]) / 1e9
-        return self._progress(beat, idle) or self._same_hang(beat, idle, now)
+        return self._same_hang(beat, idle, now) or self._progress(beat, idle)
 
     def _out_of_memory(self, rss: int, limit: int) -> Fired:
         setting = self.rules.memory_setting

@@ -146,7 +146,7 @@ class CheckItem(pytest.Item):
                 startup_timeout=glob["startup_timeout"],
             )
         except WorkerFailure as exc:
-            return Result(exc.status, exc.message, trace=exc.trace, output=exc.output)
+            return Result(exc.status, exc.message, exc.metrics, trace=exc.trace, output=exc.output)
         result = Result.from_json(reply["result"])
         result.output = output
         return spread_over_processes(

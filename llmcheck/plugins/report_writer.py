@@ -174,4 +174,20 @@ def summary_lines(records: list[dict[str, Any]], slowest: int = 3) -> list[str]:
         lines.append(
             "slowest: " + ", ".join(f"{r.get('check')} on {r.get('model')} {r['duration_s']:.1f} s" for r in timed)
         )
+    return lines + fault_lines(records)
+
+
+def fault_lines(records: list[dict[str, Any]]) -> list[str]:
+    """One line per frame where checks hung or crashed (``metrics.fault``, set by the watchdog), so a
+    model that hangs in every check reads as one problem: ``1 hang at model.py:25 in forward, seen in
+    18 checks (eval, gradient, ...)``."""
+    seen: dict[tuple[str, str], list[str]] = {}
+    for r in records:
+        fault = (r.get("metrics") or {}).get("fault") or {}
+        if r.get("status") in ("timeout", "crashed") and fault.get("kind") in ("hang", "crash") and fault.get("at"):
+            seen.setdefault((fault["kind"], fault["at"]), []).append(str(r.get("check")))
+    lines = []
+    for (kind, at), checks in sorted(seen.items(), key=lambda item: -len(item[1])):
+        names = ", ".join(checks[:6]) + (", ..." if len(checks) > 6 else "")
+        lines.append(f"1 {kind} at {at}, seen in {len(checks)} check{'s' if len(checks) > 1 else ''} ({names})")
     return lines

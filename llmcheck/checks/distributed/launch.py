@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmcheck.isolation import frames, stacks
+from llmcheck.isolation.output import read_tail
 from llmcheck.isolation.worker import describe_exit
 
 POLL = 0.05  # seconds between looks at the ranks
-TAIL = 2_000  # characters of a failed rank's output kept in the message
+TAIL = 2_000  # bytes of a failed rank's output kept in the message
 FOLLOW = 3.0  # seconds the other ranks get to exit on their own once one has failed
 
 
@@ -202,11 +203,9 @@ def _last_exception(output: str) -> str:
 
 
 def _tail(path: Path) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        return ""
-    return text if len(text) <= TAIL else "[...]\n" + text[-TAIL:]
+    """The last TAIL bytes of a rank's log, read by seeking: a rank that printed gigabytes costs no more."""
+    text, more = read_tail(path, TAIL)
+    return "[...]\n" + text if more else text
 
 
 def gathered(out: Path) -> list[dict]:
