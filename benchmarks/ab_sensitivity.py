@@ -2,6 +2,16 @@
 
     python benchmarks/ab_sensitivity.py                 # about 4-5 minutes on a 2-core machine
     python benchmarks/ab_sensitivity.py --ab-runs 2 --reports 3 --budget 20   # a quicker look
+    python benchmarks/ab_sensitivity.py --ci             # the CI recipe: 3-minute runs, 10 % slowdown
+    python benchmarks/ab_sensitivity.py --replay a.json b.json ...   # re-judge stored A/A documents
+
+``--ci`` asks the issue-19 question: with ``llmcheck ci``'s default budget (150 s of rounds, a
+3-minute job), how often is a 10 % slowdown called, and how often does A/A cry wolf? Twenty real
+3-minute runs per arm take two hours; the benchmark runs ``--ab-runs`` real A/A runs and one
+real run of 11 against 10 blocks (a structural +10 %, diluted a little by the embedding and the
+head), then replays the pooled A/A *process pairs* (the unit of the interval when warm workers
+serve several rounds, `llmcheck.ab.engine`): a replayed run draws as many process pairs as a real
+run got, with replacement, each multiplied by 1 + s.
 
 Both sides measure the tests' five-block model (tests/ab_model_sources.py: bs 8 x 16 tokens,
 float32, one thread), on this machine as it is (other jobs included: that is the point).
@@ -36,7 +46,7 @@ SETTINGS = ["latency.batch_sizes=[8]", 'latency.precisions=["float32"]', "latenc
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def ab_run(base: Path, head: Path, out: Path, budget: float, seed: int) -> dict:
+def ab_run(base: Path, head: Path, out: Path, budget: float, seed: int, extra: tuple[str, ...] = ()) -> dict:
     cmd = [
         sys.executable,
         "-m",
@@ -51,9 +61,13 @@ def ab_run(base: Path, head: Path, out: Path, budget: float, seed: int) -> dict:
         "--json",
         str(out),
         "-q",
+        *extra,
     ] + [a for s in SETTINGS for a in ("--set", s)]
+    started = time.monotonic()
     subprocess.run(cmd, env=ENV, cwd=out.parent, capture_output=True, text=True, timeout=budget * 3 + 120)
-    return json.loads(out.read_text())["results"][0]
+    result = json.loads(out.read_text())["results"][0]
+    result["wall_s"] = time.monotonic() - started
+    return result
 
 
 def stored_report(model: Path, out: Path) -> dict:
@@ -119,13 +133,92 @@ def replay(pairs: list[float], n: int, slowdown: float, trials: int, rng: random
     return caught / trials
 
 
+def process_pairs(result: dict) -> list[float]:
+    """A run's ratios per process pair (its rounds' geometric mean), as the engine's interval takes them."""
+    from llmcheck.ab.engine import process_ratios
+
+    return process_ratios(result["pairs"])
+
+
+def replay_pairs(units: list[float], n: int, slowdown: float, trials: int, rng: random.Random, threshold: float):
+    """The share of ``trials`` replayed runs of ``n`` process pairs called a regression, and the median
+    smallest slowdown they could have detected."""
+    from llmcheck.stats import ab_intervals as ab_stats
+
+    caught, could = 0, []
+    for _ in range(trials):
+        est = ab_stats.estimate([rng.choice(units) * (1 + slowdown) for _ in range(n)])
+        caught += ab_stats.verdict(est, threshold) == ("improvement" if slowdown < 0 else "regression")
+        found = ab_stats.detectable(est, threshold)
+        could.append(found[0] if found else float("inf"))
+    return caught / trials, sorted(could)[len(could) // 2]
+
+
+def ci_main(args) -> None:
+    """The CI recipe's question: 3-minute runs at ``llmcheck ci``'s defaults, a 10 % slowdown."""
+    from ab_model_sources import write
+
+    started, extra = time.time(), ("--ab-recycle", str(args.recycle), "--ab-repeats", str(args.repeats))
+    extra += ("--ab-precision", "0", "--threshold", "5%")  # a CI job spends its budget: no early stop
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        keep = Path(args.keep) if args.keep else tmp  # the A/B documents, for a later --replay
+        keep.mkdir(parents=True, exist_ok=True)
+        ten, eleven = write(tmp / "ten", 10), write(tmp / "eleven", 11)
+        runs = [json.loads(Path(f).read_text())["results"][0] for f in args.replay]
+        for i in range(args.ab_runs):
+            runs.append(ab_run(ten, ten, keep / f"aa-{started:.0f}-{i}.json", args.budget, 100 + i, extra))
+            print(f"  real A/A {i + 1}: {runs[-1]['message']} ({runs[-1]['wall_s']:.0f} s)", flush=True)
+        plus10 = []
+        for i in range(args.ten_runs):
+            plus10.append(ab_run(ten, eleven, keep / f"ab10-{started:.0f}-{i}.json", args.budget, 200 + i, extra))
+    ci_report(args, runs, plus10, time.time() - started)
+
+
+def ci_report(args, aa: list[dict], plus10: list[dict], seconds: float) -> None:
+    rng = random.Random(0)
+    units = [u for r in aa for u in process_pairs(r)]
+    n = round(sum(len(process_pairs(r)) for r in aa) / len(aa))
+    rounds = sum(len(r["pairs"]) for r in aa) / len(aa)
+    alarms = sum(r["verdict"] in ("regression", "improvement") for r in aa)
+    walls = [r["wall_s"] for r in aa + plus10 if "wall_s" in r]
+    print(f"# ab_sensitivity --ci ({seconds / 60:.1f} min; load average {os.getloadavg()[0]:.1f} at the end)")
+    print(
+        f"settings: budget {args.budget:g} s of rounds, --ab-recycle {args.recycle}, --ab-repeats {args.repeats}, "
+        f"threshold 5%, 10 vs 11 blocks (bs 8 x 16 tokens, float32, one thread)"
+    )
+    print(
+        f"real A/A runs: {len(aa)}, {alarms} false alarm(s); {rounds:.1f} rounds in {n} process pairs per run "
+        "on average" + (f"; wall {min(walls):.0f}-{max(walls):.0f} s per run" if walls else "")
+    )
+    for r in plus10:
+        print(f"real +10 % (11 vs 10 blocks): {r['verdict']}: {r['message']} ({r['wall_s']:.0f} s)")
+    if len(units) < 4 * n:  # drawing 5 from 6 with replacement repeats values: intervals far too narrow
+        print(f"replay skipped: {len(units)} pooled A/A process pairs, fewer than 4 runs' worth ({4 * n})")
+        return
+    print(f"replayed from {len(units)} pooled A/A process pairs, {args.trials} runs of {n} process pairs each:")
+    print("slowdown | regression called | median 'could have detected'")
+    for s in (0.0, 0.05, 0.10, 0.15, 0.20):
+        called, could = replay_pairs(units, n, s, args.trials, rng, 0.05)
+        print(f"{s:>7.0%} | {called:>8.1%} | +{could:.1%}" + ("   (A/A: false alarms)" if s == 0 else ""))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ab-runs", type=int, default=4)
     parser.add_argument("--budget", type=float, default=40.0)
     parser.add_argument("--reports", type=int, default=5)
     parser.add_argument("--trials", type=int, default=2000)
+    parser.add_argument("--ci", action="store_true", help="3-minute runs at llmcheck ci's defaults, +10 %%")
+    parser.add_argument("--recycle", type=int, default=8, help="--ci: --ab-recycle (default 8)")
+    parser.add_argument("--repeats", type=int, default=4, help="--ci: --ab-repeats (default 4)")
+    parser.add_argument("--ten-runs", type=int, default=1, help="--ci: real runs of 11 vs 10 blocks (default 1)")
+    parser.add_argument("--replay", nargs="*", default=[], metavar="AB.json", help="--ci: earlier A/A documents")
+    parser.add_argument("--keep", metavar="DIR", help="--ci: keep the A/B documents in DIR")
     args = parser.parse_args()
+    if args.ci:
+        args.budget = args.budget if args.budget != 40.0 else 150.0
+        return ci_main(args)
     from ab_model_sources import write
 
     started = time.time()
