@@ -19,14 +19,28 @@ class Skip(Exception):
     """Raised by a check's measure function when the check does not apply; carries the reason."""
 
 
+class LlmcheckAdvisory(UserWarning):
+    """A what-if finding the model file did not opt into (a compression variant it does not ship,
+    an autocast precision it does not run in): reported with its numbers, never a failure.
+
+    Every item with advisory findings emits one; ``-W error::llmcheck.results.LlmcheckAdvisory``
+    turns them all into failures, ``-W ignore::...`` silences them.
+    """
+
+
 @dataclass(frozen=True)
 class Verdict:
     status: str
     message: str
+    # What-if findings the user did not opt into, each with its numbers: they never change ``status``.
+    advisory: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.status not in STATUSES:
             raise ValueError(f"verdict status {self.status!r} is not one of {', '.join(STATUSES)}")
+        if isinstance(self.advisory, str) or not all(isinstance(a, str) for a in self.advisory):
+            raise ValueError(f"verdict advisory {self.advisory!r} must be a sequence of strings (one per finding)")
+        object.__setattr__(self, "advisory", tuple(self.advisory))
 
 
 @dataclass
@@ -39,6 +53,19 @@ class Result:
     trace: str = ""  # traceback, thread stacks or fault trace: the evidence behind the message
     output: str = ""  # what the worker printed while the check ran
     duration_s: float = 0.0
+    advisory: list[str] = field(default_factory=list)  # Verdict.advisory: findings that do not gate
+
+    @classmethod
+    def of(cls, verdict: Verdict, metrics=None, samples=None, artifacts=None) -> Result:
+        """The record of a judged measurement: the verdict's status, message and advisory findings."""
+        return cls(
+            verdict.status,
+            verdict.message,
+            metrics if metrics is not None else {},
+            samples if samples is not None else {},
+            artifacts if artifacts is not None else {},
+            advisory=list(verdict.advisory),
+        )
 
     def to_json(self) -> dict[str, Any]:
         return strict_json(asdict(self))

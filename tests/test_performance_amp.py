@@ -60,7 +60,7 @@ class SlowUnderAutocast(TinyLM):
         return super().forward(idx)
 
 
-@llmcheck.model(causal=True, vocab_size=V, max_seq_len=T)
+@llmcheck.model(causal=True, vocab_size=V, max_seq_len=T, ships=["bfloat16"])  # gated; ungated: test_advisory.py
 def positions_in_bf16():
     return PositionalLM(in_activation_dtype=True)
 
@@ -83,6 +83,7 @@ def test_bf16_autocast_passes_on_a_clean_model_and_a_precision_bug_is_caught_wit
     assert m["outputs"]["decisive_top1_agreement"] in (None, 1.0)
     assert {"float32_forward_ms", "bfloat16_forward_ms"} <= set(clean["samples"])
     assert m["speed"]["amp_slower"] and m["speed"]["ci_high"] < 1.0 and "AMP slower: speed-up 0." in clean["message"]
+    assert clean["advisory"] and clean["advisory"][0].startswith("AMP slower: speed-up 0.")  # not gated: advisory
     buggy = recs["positions_in_bf16::amp[bfloat16]"]
     assert buggy["status"] == "failed"
     assert "bfloat16 autocast logits differ from float32 by rel. error" in buggy["message"]

@@ -4,6 +4,10 @@ at positions where float32 is decisive), and the speed-up over float32 is report
 bootstrap confidence interval, flagged "AMP slower" when the whole interval lies below 1.
 Catches precision-sensitive operations run in low precision, naming the first module whose output
 leaves the tolerance, and autocast that costs time instead of saving it.
+
+Both are what-ifs unless the user opts in: precision findings fail only for a precision in ``gate``
+or one the model declares it ships (``@llmcheck.model(ships=["bfloat16"])``), "AMP slower" only with
+``fail_if_slower``; otherwise they pass as advisory findings, with their numbers.
 """
 
 from __future__ import annotations
@@ -14,6 +18,10 @@ from typing import Any
 from llmcheck.measuring import perf, timing
 from llmcheck.registry import Check, Param
 from llmcheck.results import Skip, Verdict
+
+PRECISIONS = ("bfloat16", "float16")
+# @llmcheck.model(ships=[...]) names a precision either way; both mean the model runs in it.
+SHIPPED_AS = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"}
 
 
 def variants(p) -> list[dict[str, Any]]:
@@ -125,25 +133,56 @@ def _speed(ctx, t, model, batch, precision: str, plan: timing.Plan, validity: di
 
 
 def measure(ctx, p) -> dict:
+    from llmcheck.target.contract import UserCodeError
+
     t = ctx.target
     v = ctx.variant or variants(p)[0]
     precision = v["precision"]
     reason = perf.unsupported(t.device, precision, "eager")
     if reason:
         raise Skip(reason)
+    from llmcheck.target.preconditions import require_deterministic, require_finite
+
+    require_finite(t)  # autocast is judged against a float32 eval forward: it must be finite and repeat
+    require_deterministic(t)
     eps = perf.DTYPE_EPS[precision]
     rtol, grad_rtol = p.output_rtol_eps * eps, p.grad_rtol_eps * eps
     model = t.build().eval()
     batch = t.batch()
     out = {"config": dict(v), "eps": eps, "output_rtol": rtol, "grad_rtol": grad_rtol, "validity": {}}
-    out["outputs"] = _outputs(t, model, batch, precision, rtol)
-    out["gradients"] = _gradients(t, batch, precision)
+    out["ships"] = list(getattr(t.decl, "ships", ()))
+    try:
+        out["outputs"] = _outputs(t, model, batch, precision, rtol)
+        out["gradients"] = _gradients(t, batch, precision)
+    except UserCodeError as exc:  # the model cannot run under autocast: a finding, gated like precision
+        out["error"] = _cannot_run(t, model, batch, precision, exc)
+        return out
     out["speed"] = _speed(ctx, t, model, batch, precision, timing.Plan.from_params(p), out["validity"])
     return out
 
 
-def judge(m: dict, p) -> Verdict:
-    pr, o, g, s = m["config"]["precision"], m["outputs"], m["gradients"], m["speed"]
+def _cannot_run(t, model, batch, precision: str, exc: Exception) -> str:
+    """The error, with the lines that make a tensor of a fixed dtype when that is the cause."""
+    import torch
+
+    from llmcheck.checks.compression import fixed_dtype
+
+    def run():
+        with torch.no_grad(), perf.autocast(t.device, precision):
+            t.forward(model, batch)
+
+    found = fixed_dtype.diagnose(exc, run, getattr(torch, precision))
+    cause = exc.__cause__ or exc
+    return (f"{fixed_dtype.describe(found)}; " if found else "") + f"{type(cause).__name__}: {cause}"
+
+
+def gated(p, ships) -> set[str]:
+    """The precisions whose precision findings fail the item: ``gate`` and what the model ships."""
+    return set(p.gate) | {SHIPPED_AS[s] for s in ships or () if s in SHIPPED_AS}
+
+
+def _precision_problems(m: dict, p) -> list[str]:
+    pr, o, g = m["config"]["precision"], m["outputs"], m["gradients"]
     problems = []
     if not o["rel_error"] <= m["output_rtol"]:
         where = (
@@ -166,6 +205,11 @@ def judge(m: dict, p) -> Verdict:
             f"{pr} autocast gradients differ from float32 by rel. error {g['rel_error']:.3g} > {m['grad_rtol']:.3g} "
             f"({p.grad_rtol_eps:g} x eps); worst parameter {g['worst_parameter']} ({g['worst_rel_error']:.3g})"
         )
+    return problems
+
+
+def _speed_text(m: dict, p) -> str:
+    pr, s = m["config"]["precision"], m["speed"]
     speed = f"speed-up {s['speedup']:.2f}x ({p.confidence:.0%} CI {s['ci_low']:.2f}-{s['ci_high']:.2f})"
     if not s["valid"]:
         speed += " [timing invalid: " + "; ".join(s["float32"]["invalid_reasons"] + s[pr]["invalid_reasons"]) + "]"
@@ -173,19 +217,41 @@ def judge(m: dict, p) -> Verdict:
         speed = (
             f"AMP slower: {speed} (float32 p50 {s['float32']['median_ms']:.3g} ms, {pr} {s[pr]['median_ms']:.3g} ms)"
         )
-        if p.fail_if_slower:
-            problems.append(speed)
-    if problems:
-        return Verdict("failed", "; ".join(problems))
+    return speed
+
+
+def judge(m: dict, p) -> Verdict:
+    pr = m["config"]["precision"]
+    shipped = pr in gated(p, m.get("ships"))
+    how = (
+        f"advisory, not gated: the model is not declared to run in {pr} (declare "
+        f'@llmcheck.model(ships=["{pr}"]) or set amp.gate = ["{pr}"] to gate it)'
+    )
+    if "error" in m:
+        text = f"{pr} autocast cannot run: {m['error']}"
+        return Verdict("failed", text) if shipped else Verdict("passed", f"{how}: {text}", (text,))
+    problems, speed = _precision_problems(m, p), _speed_text(m, p)
+    imprecise = bool(problems) and not shipped  # a what-if: reported, not failed
+    gating, advisory = ([], ["; ".join(problems)]) if imprecise else (problems, [])
+    if m["speed"]["amp_slower"]:
+        (gating if p.fail_if_slower else advisory).append(speed)
+    if gating:
+        return Verdict("failed", "; ".join(gating), tuple(advisory))
+    if imprecise:
+        return Verdict("passed", f"{how}: {advisory[0]}; {speed}", tuple(advisory))
+    o, g = m["outputs"], m["gradients"]
+    agree = o.get("decisive_top1_agreement")
     top1 = (
         f"top-1 agreement {agree:.1%} at {o['decisive_positions']} decisive positions"
         if agree is not None
         else f"top-1 agreement {o['top1_agreement']:.1%} (no position where float32 is decisive)"
     )
+    slower = " (advisory, not gated: set amp.fail_if_slower = true to gate it)" if advisory else ""
     return Verdict(
         "passed",
         f"{pr} autocast: logits rel. error {o['rel_error']:.3g} <= {m['output_rtol']:.3g}, {top1}, "
-        f"gradients rel. error {g['rel_error']:.3g} <= {m['grad_rtol']:.3g}; {speed}",
+        f"gradients rel. error {g['rel_error']:.3g} <= {m['grad_rtol']:.3g}; {speed}{slower}",
+        tuple(advisory),
     )
 
 
@@ -203,7 +269,7 @@ CHECK = Check(
             ["bfloat16", "float16"],
             "autocast dtypes to check (float16 on CUDA only)",
             item_type=str,
-            choices=("bfloat16", "float16"),
+            choices=PRECISIONS,
         ),
         "output_rtol_eps": Param(
             float, 16.0, "allowed logits relative error, in units of the dtype's unit roundoff", minimum=0
@@ -214,7 +280,17 @@ CHECK = Check(
         "min_top1_agreement": Param(
             float, 0.99, "next-token top-1 agreement needed at decisive positions", minimum=0, maximum=1
         ),
-        "fail_if_slower": Param(bool, False, "fail (not only flag) when AMP is slower than float32 with confidence"),
+        "gate": Param(
+            list,
+            [],
+            "precisions whose precision findings fail the item; the others are advisory unless the model "
+            "declares @llmcheck.model(ships=[...])",
+            item_type=str,
+            choices=PRECISIONS,
+        ),
+        "fail_if_slower": Param(
+            bool, False, "fail (not only flag as advisory) when AMP is slower than float32 with confidence"
+        ),
         **timing.PARAMS,
     },
 )

@@ -49,6 +49,12 @@ def hard_limit(t) -> float | None:
     return HEADROOM * enforced if enforced and t.device.type != "cuda" else None
 
 
+def run_cap(judged: float, hard: float | None) -> float:
+    """The largest predicted peak worth running: 1.5x the judged limit (the prediction is linear and
+    may overshoot), never past the hard limit, where the watchdog would kill the worker."""
+    return 1.5 * judged if hard is None else min(1.5 * judged, hard)
+
+
 def limit(t, p) -> tuple[float, str]:
     """(bytes, where the number comes from) that a step's peak must stay under."""
     import psutil
@@ -76,8 +82,7 @@ class Runner:
         self.model = self.t.build().train(p.mode == "train")
         self.opt = self.t.optimizer(self.model)[0] if p.mode == "train" else None
         self.limit, self.limit_source = limit(self.t, p)
-        hard = hard_limit(self.t)
-        self.run_cap = 1.5 * self.limit if hard is None else min(1.5 * self.limit, hard)  # predicted above: not run
+        self.run_cap = run_cap(self.limit, hard_limit(self.t))  # a size predicted above it is not run
         self.last_fit: dict | None = None  # the largest size that fitted, to extrapolate from
 
     def predicted(self, bs: int, sl: int) -> float | None:

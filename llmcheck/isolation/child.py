@@ -132,7 +132,7 @@ class ChildLoop:
             ctx.variant = dict(msg.get("variant") or {})
             metrics = check.measure(ctx, params)
             verdict = check.judge(metrics, params)
-            return Result(verdict.status, verdict.message, metrics, ctx.samples, ctx.artifacts)
+            return Result.of(verdict, metrics, ctx.samples, ctx.artifacts)
         except Skip as exc:
             return Result("skipped", str(exc))
         except ContractError as exc:

@@ -17,7 +17,7 @@ from llmcheck.isolation.processes import spread_over_processes
 from llmcheck.isolation.worker import WorkerFailure, run_message
 from llmcheck.plugins.state import STATE_KEY, State, model_layers
 from llmcheck.registry import Check, variant_id
-from llmcheck.results import FAILING, Result
+from llmcheck.results import FAILING, LlmcheckAdvisory, Result
 from llmcheck.settings import SettingsError, resolve
 
 DECLARES_MODEL = re.compile(r"@\s*(?:llmcheck\s*\.\s*)?model\b")
@@ -124,6 +124,8 @@ class CheckItem(pytest.Item):
         state.results[self.nodeid] = result
         if result.output.strip():
             self.add_report_section("call", "worker output", result.output)
+        if result.advisory:  # what-ifs the model file did not opt into: a warning, never a failure
+            self.warn(LlmcheckAdvisory(f"{self.nodeid}: advisory, not gated: " + "; ".join(result.advisory)))
         if result.status == "skipped":  # reported at the model's line, not at this file's
             raise pytest.skip.Exception(result.message, _use_item_location=True)
         if result.status in FAILING:

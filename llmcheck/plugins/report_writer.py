@@ -174,7 +174,7 @@ def summary_lines(records: list[dict[str, Any]], slowest: int = 3) -> list[str]:
         lines.append(
             "slowest: " + ", ".join(f"{r.get('check')} on {r.get('model')} {r['duration_s']:.1f} s" for r in timed)
         )
-    return lines + fault_lines(records)
+    return lines + fault_lines(records) + advisory_lines(records)
 
 
 def fault_lines(records: list[dict[str, Any]]) -> list[str]:
@@ -190,4 +190,20 @@ def fault_lines(records: list[dict[str, Any]]) -> list[str]:
     for (kind, at), checks in sorted(seen.items(), key=lambda item: -len(item[1])):
         names = ", ".join(checks[:6]) + (", ..." if len(checks) > 6 else "")
         lines.append(f"1 {kind} at {at}, seen in {len(checks)} check{'s' if len(checks) > 1 else ''} ({names})")
+    return lines
+
+
+def advisory_lines(records: list[dict[str, Any]], width: int = 300) -> list[str]:
+    """What-if findings that did not gate, one line each (clipped; the JSON report has them whole),
+    under a heading that says how to gate them."""
+    found = [(r, a) for r in records for a in r.get("advisory") or ()]
+    if not found:
+        return []
+    lines = [
+        f"advisory, not gated ({len(found)}): what-ifs the model file does not declare; gate them with "
+        "@llmcheck.model(ships=[...]) or the check's gate setting"
+    ]
+    for r, finding in found:
+        line = f"  {str(r.get('id', r.get('check'))).split('::', 1)[-1]}: {finding}"
+        lines.append(line if len(line) <= width else line[: width - 1] + "…")
     return lines

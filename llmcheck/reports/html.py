@@ -22,7 +22,15 @@ from llmcheck.reports.charts import Chart, charts_across, charts_for
 from llmcheck.reports.files import atomic_write_text
 from llmcheck.results import FAILING, STATUSES
 
-SYMBOLS = {"passed": "✔", "failed": "✘", "error": "✘", "timeout": "⏱", "crashed": "☠", "skipped": "–"}
+SYMBOLS = {
+    "passed": "✔",
+    "failed": "✘",
+    "error": "✘",
+    "timeout": "⏱",
+    "crashed": "☠",
+    "skipped": "–",
+    "advisory": "⚠",  # not a status: a record with what-if findings that did not gate
+}
 MAX_METRIC_ROWS = 200
 MAX_TEXT = 20_000  # messages, traces, captured output
 MAX_CELL = 400  # one metric value in the table
@@ -63,6 +71,7 @@ def _run(doc: dict[str, Any]) -> dict[str, Any]:
         "schema": doc.get("schema_version"),
         "commit": (doc.get("environment") or {}).get("git_commit"),
         "interrupted": bool(doc.get("interrupted")),
+        "advisory": sum(bool(r.get("advisory")) for r in doc.get("results", [])),
     }
 
 
@@ -98,7 +107,8 @@ def _record(r: dict[str, Any], anchor: str) -> dict[str, Any]:
         "id": r["id"],
         "message": _clip(r.get("message", "")),
         "headline": _headline(r.get("message", "")),
-        "open": r["status"] in FAILING or bool(charts),
+        "advisory": [_clip(a) for a in r.get("advisory") or []],
+        "open": r["status"] in FAILING or bool(charts) or bool(r.get("advisory")),
         "charts": charts,
         "duration": _seconds(r["duration_s"]) if _num(r.get("duration_s")) else "",
         "params": [(k, _text(v)) for k, v in sorted((r.get("params") or {}).items())],
@@ -124,13 +134,13 @@ def _grid(records: list[dict], models: list[dict]) -> dict[str, Any]:
         cells = []
         for family in families:
             mine = [v for v in model["records"] if v["family"] == family]
-            cells.append(
-                [
-                    (s, n, next(v["anchor"] for v in mine if v["status"] == s))
-                    for s in STATUSES
-                    if (n := sum(v["status"] == s for v in mine))
-                ]
-            )
+            cell = [
+                (s, n, next(v["anchor"] for v in mine if v["status"] == s))
+                for s in STATUSES
+                if (n := sum(v["status"] == s for v in mine))
+            ]
+            advised = [v for v in mine if v["advisory"]]
+            cells.append(cell + ([("advisory", len(advised), advised[0]["anchor"])] if advised else []))
         rows.append(
             {"model": model["name"], "file": model["file"], "file_name": Path(model["file"]).name, "cells": cells}
         )

@@ -11,7 +11,9 @@ from typing import Any
 from llmcheck.reports.files import atomic_write_text
 from llmcheck.results import STATUSES, strict_json
 
-SCHEMA_VERSION = "1.0"
+# 1.1: each record has ``advisory`` (what-if findings that did not gate) and the summary counts the
+# records that have some; readers of 1.0 documents get an empty list (results.Result.from_json).
+SCHEMA_VERSION = "1.1"
 
 
 class ReportError(ValueError):
@@ -38,7 +40,7 @@ def build(
             "started_at": started,
             "finished_at": finished,
             "interrupted": interrupted,
-            "summary": {"total": len(records), **counts},
+            "summary": {"total": len(records), **counts, "advisory": sum(bool(r.get("advisory")) for r in records)},
             "results": records,
         }
     )

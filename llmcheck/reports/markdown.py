@@ -95,7 +95,9 @@ def run(document: dict[str, Any]) -> str:
     summary = document.get("summary") or {}
     counts = ", ".join(f"{summary[s]} {s}" for s in STATUSES if summary.get(s)) or "no checks ran"
     bad = [r for r in document["results"] if r["status"] in FAILING]
-    lines = [f"{'❌' if bad else '✅'} **llmcheck: {counts}**", ""]
+    advised = [(r, a) for r in document["results"] for a in r.get("advisory") or ()]
+    note = f" ({len({r['id'] for r, _ in advised})} with advisory findings)" if advised else ""
+    lines = [f"{'❌' if bad else '✅'} **llmcheck: {counts}**{note}", ""]
     if document.get("interrupted"):
         lines += ["> ⚠️ the run was interrupted: the report holds only the checks that finished", ""]
     if bad:
@@ -103,4 +105,14 @@ def run(document: dict[str, Any]) -> str:
         lines += [
             f"| {r['status']} | {cell(r['id'])} | {cell(str(r.get('message', ''))[:500])} |" for r in bad[:MAX_ROWS]
         ]
+    if advised:
+        lines += [
+            *([""] if bad else []),
+            "⚠️ **advisory, not gated**: what-ifs the model file does not declare (gate them with "
+            "`@llmcheck.model(ships=[...])` or the check's `gate` setting)",
+            "",
+            "| advisory | check | finding |",
+            "|---|---|---|",
+        ]
+        lines += [f"| ⚠️ advisory | {cell(r['id'])} | {cell(str(a)[:500])} |" for r, a in advised[:MAX_ROWS]]
     return "\n".join(lines) + "\n"

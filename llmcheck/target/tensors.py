@@ -7,22 +7,49 @@ from typing import Any
 import torch
 
 
+def abs_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|a - b| in float32 (same shapes): 0 where the values are equal, equal infinities included
+    (a -inf mask minus itself is no difference), inf wherever either side is NaN: NaN is never equal."""
+    a, b = a.detach().float(), b.detach().float()
+    diff = (a - b).abs().masked_fill(a == b, 0.0)
+    return diff.masked_fill(torch.isnan(diff), float("inf"))
+
+
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a - b|; inf when shapes differ; NaN positions that differ count as inf."""
+    """max |a - b|; inf when shapes differ or either side has a NaN (NaN on both sides included)."""
     if a.shape != b.shape:
         return float("inf")
-    a, b = a.detach().float(), b.detach().float()
-    both_nan = torch.isnan(a) & torch.isnan(b)
-    diff = (a - b).abs().masked_fill(both_nan, 0.0)
-    if diff.numel() == 0:
+    if a.numel() == 0:
         return 0.0
-    return float(torch.nan_to_num(diff, nan=float("inf")).max())
+    return float(abs_diff(a, b).max())
 
 
 def worst_index(a: torch.Tensor, b: torch.Tensor) -> list[int]:
-    """The index of the largest |a - b| (same shapes)."""
-    diff = torch.nan_to_num((a.detach().float() - b.detach().float()).abs(), nan=float("inf"))
-    return [int(i) for i in torch.unravel_index(diff.argmax(), diff.shape)]
+    """The index of the largest |a - b| (same shapes); the first NaN when there is one."""
+    diff = abs_diff(a, b)
+    return [int(i) for i in torch.unravel_index(diff.flatten().argmax(), diff.shape)]
+
+
+def first_nan(t: torch.Tensor) -> list[int] | None:
+    """The index of the first NaN of ``t`` in row-major order, or None."""
+    if not (t.is_floating_point() or t.is_complex()):
+        return None
+    mask = torch.isnan(t.detach()).flatten()
+    if not bool(mask.any()):
+        return None
+    return [int(i) for i in torch.unravel_index(mask.int().argmax(), t.shape)]
+
+
+def nan_report(a: torch.Tensor, b: torch.Tensor | None = None) -> dict | None:
+    """Where NaN makes two tensors that must be equal unequal (or one tensor unusable): None without
+    NaN, else {"index": the first NaN of ``a`` (of ``b`` when ``a`` has none), "counts": NaN values
+    in a and in b, "numel": values per tensor}. Judges word it with llmcheck.checks.equality."""
+    tensors = [a] if b is None else [a, b]
+    counts = [int(torch.isnan(t.detach()).sum()) if t.is_floating_point() else 0 for t in tensors]
+    if not any(counts):
+        return None
+    index = next(first_nan(t) for t, n in zip(tensors, counts) if n)
+    return {"index": index, "counts": counts, "numel": int(a.numel())}
 
 
 def snapshot(named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -138,6 +165,11 @@ def first_nonfinite(recorded: list[tuple[str, torch.Tensor]]) -> str | None:
         if t.is_floating_point() and not torch.isfinite(t).all():
             return name
     return None
+
+
+def first_nan_module(recorded: list[tuple[str, torch.Tensor]]) -> str | None:
+    """The first recorded module (execution order) whose output holds a NaN: where NaN enters."""
+    return next((name for name, t in recorded if first_nan(t) is not None), None)
 
 
 # Rounding noise between two computations that should agree (other shapes, other kernels), per

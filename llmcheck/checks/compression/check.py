@@ -31,6 +31,14 @@ VARIANTS = (
     "compressed",
 )
 PRUNE = ("prune_unstructured", "prune_structured")
+# ``@llmcheck.model(ships=[...])`` names precisions as bf16 or bfloat16; the variants are bf16 / fp16.
+SHIPPED_AS = {"bfloat16": "bf16", "float16": "fp16"}
+# Recipes that replace only some module types: a model whose weights sit elsewhere is not covered.
+RECIPE_TARGETS = {
+    "int8_dynamic": ("int8 dynamic quantization", "nn.Linear"),
+    "torchao_int8": ("torchao's int8 weight-only quantize_", "nn.Linear"),
+    "torchao_int4": ("torchao's int4 weight-only quantize_", "nn.Linear"),
+}
 
 # Thresholds apply to every variant unless `overrides` changes them for one. Reasoning in docs/checks/compression.md.
 THRESHOLDS = {
@@ -96,6 +104,20 @@ def _overrides(p) -> dict[str, dict[str, float]]:
     return out
 
 
+def gated(p, ships) -> set[str]:
+    """The variant kinds whose findings fail the item: ``gate``, what the model declares it ships,
+    and the model file's own ``@llmcheck.compressed`` variant. Every other finding is advisory."""
+    return set(p.gate) | {SHIPPED_AS.get(s, s) for s in ships or ()} | {"compressed"}
+
+
+def _verdict(row: dict, p, kinds: set[str]) -> str:
+    if "skipped" in row:
+        return "skipped"
+    if not _row_problems(row, p):
+        return "passed"
+    return "failed" if row["kind"] in kinds else "advisory"
+
+
 # -- measure ------------------------------------------------------------------------------------
 def measure(ctx, p) -> dict:
     import torch
@@ -104,6 +126,10 @@ def measure(ctx, p) -> dict:
 
     _overrides(p)  # a bad setting fails before any work
     t = ctx.target
+    from llmcheck.target.preconditions import require_deterministic, require_finite
+
+    require_finite(t)  # variants are judged against the baseline's eval forward: it must be finite and repeat
+    require_deterministic(t)
     baseline = t.build().eval()
     batches, source = _inputs(t, p)
     ref_logits, ref_loss = compress.outputs(t, baseline, batches, with_loss=source == "eval_data")
@@ -120,10 +146,12 @@ def measure(ctx, p) -> dict:
     rows = [_row(ctx, p, baseline, ref, *planned) for planned in _plan(p)]
     if all("skipped" in r for r in rows):
         raise Skip(f"no variant applies: {_skipped(rows)}")
+    ships = list(getattr(t.decl, "ships", ()))
     for row in rows:  # the table's verdict column; judge() recomputes it from the numbers
-        row["verdict"] = "skipped" if "skipped" in row else ("failed" if _row_problems(row, p) else "passed")
+        row["verdict"] = _verdict(row, p, gated(p, ships))
     return {
         "table": rows,
+        "ships": ships,
         "inputs": source,
         "positions": next((r["positions"] for r in rows if "positions" in r), 0),
         "outputs": "LM logits" if ref["lm"] else "hidden states",
@@ -163,7 +191,21 @@ def _row(ctx, p, baseline, ref, name: str, kind: str, sparsity: float | None) ->
             row.update(_cost(ctx, p, baseline, model, ref, name))
     except Exception as exc:  # the variant does not run (an op without a half kernel, a broken recipe)
         row["error"] = f"{type(exc).__name__}: {exc}"
+        row.update(_fixed_dtype(ctx.target, model, ref["batches"][0], exc))
     return row
+
+
+def _fixed_dtype(t, model, batch, exc) -> dict:
+    """When the variant fails on a dtype mismatch: the lines of the model that make tensors of a
+    fixed dtype (``torch.eye(n)`` stays float32 in a float16 model), added to the error."""
+    from llmcheck.checks.compression import fixed_dtype
+    from llmcheck.checks.compression.variants import cast, dtype_of
+
+    dtype = dtype_of(model)
+    found = fixed_dtype.diagnose(exc, lambda: t.forward(model, cast(batch, dtype)), dtype)
+    return (
+        {"fixed_dtype": found, "error": f"{fixed_dtype.describe(found)}; {type(exc).__name__}: {exc}"} if found else {}
+    )
 
 
 def _accuracy(t, model, ref) -> dict:
@@ -257,8 +299,10 @@ def _problems(row: dict, th: dict[str, float]) -> list[str]:
     if row.get("coverage") is not None and not _num(row["coverage"]) >= th["min_coverage"]:
         left = row["unchanged"]
         out.append(
-            f"coverage {_num(row['coverage']):.0%} of eligible weight bytes < min_coverage {th['min_coverage']:.0%}; "
-            f"left as they were: {', '.join(left[:4])}" + (f" (+{len(left) - 4} more)" if len(left) > 4 else "")
+            f"coverage {_num(row['coverage']):.0%} of eligible weight bytes < min_coverage {th['min_coverage']:.0%}"
+            + _not_applicable(row)
+            + f"; left as they were: {', '.join(left[:4])}"
+            + (f" (+{len(left) - 4} more)" if len(left) > 4 else "")
         )
     if row.get("nonfinite"):
         out.append(f"{row['nonfinite']} non-finite output values")
@@ -287,6 +331,30 @@ def _problems(row: dict, th: dict[str, float]) -> list[str]:
         elif not _num(row["speed_ratio"]) >= th["min_speedup"]:
             out.append(f"speed-up {_num(row['speed_ratio']):.2f}x < min_speedup {th['min_speedup']:g}")
     return out
+
+
+def _not_applicable(row: dict) -> str:
+    """Why a recipe left most weights alone, when their modules are of a type it does not touch, and
+    what would apply: int8 dynamic on GPT-2's ``transformers Conv1D``."""
+    recipe, target = RECIPE_TARGETS.get(row["kind"], (None, None))
+    kinds = {k: _num(v) for k, v in (row.get("unchanged_types") or {}).items() if k != target}
+    eligible = _num(row.get("eligible_bytes"))
+    if recipe is None or not kinds or not eligible > 0:
+        return ""
+    kind, nbytes = max(kinds.items(), key=lambda kv: kv[1])
+    if nbytes < 0.5 * eligible * (1 - _num(row["coverage"])):
+        return ""
+    fix = (
+        f"convert them to {target} (transformers' Conv1D stores the weight transposed: nn.Linear takes "
+        f"weight.T), or use a recipe that covers them: torchao's quantize_ with a filter_fn, or your own "
+        f"weight-only int8 returned from @llmcheck.compressed"
+        if "Conv1D" in kind
+        else f"convert them to {target}, or return your own recipe's result from @llmcheck.compressed"
+    )
+    return (
+        f": {recipe} replaces {target} only, and this model's weight matrices are mostly {kind} "
+        f"({nbytes / eligible:.0%} of eligible weight bytes), which it leaves as they were; {fix}"
+    )
 
 
 def _row_problems(row: dict, p) -> list[str]:
@@ -329,19 +397,27 @@ def _skipped(rows: list[dict]) -> str:
 
 
 def judge(m: dict, p) -> Verdict:
-    rows = m["table"]
-    failed = [(r, _row_problems(r, p)) for r in rows if "skipped" not in r]
-    failed = [(r, probs) for r, probs in failed if probs]
+    rows, kinds = m["table"], gated(p, m.get("ships"))
+    judged = [(r, _row_problems(r, p)) for r in rows if "skipped" not in r]
+    failed = [f"{r['variant']}: {' and '.join(probs)}" for r, probs in judged if probs and r["kind"] in kinds]
+    advisory = tuple(
+        f"{r['variant']}: {' and '.join(probs)}" for r, probs in judged if probs and r["kind"] not in kinds
+    )
     skipped = _skipped(rows)
+    tail = (f"; {_advisory_note(advisory)}" if advisory else "") + (f" [{skipped}]" if skipped else "")
     if failed:
-        text = "; ".join(f"{r['variant']}: {' and '.join(probs)}" for r, probs in failed)
-        return Verdict("failed", text + (f" [{skipped}]" if skipped else ""))
-    passed = [_summary(r) for r in rows if "skipped" not in r]
-    return Verdict(
-        "passed",
-        f"{len(passed)} variant(s) within thresholds on {m['positions']} {m['inputs']} positions: "
-        + "; ".join(passed)
-        + (f" [{skipped}]" if skipped else ""),
+        return Verdict("failed", "; ".join(failed) + tail, advisory)
+    passed = [_summary(r) for r, probs in judged if not probs]
+    on = f"on {m['positions']} {m['inputs']} positions"
+    head = f"{len(passed)} variant(s) within thresholds {on}: " + "; ".join(passed) if passed else f"nothing gated {on}"
+    return Verdict("passed", head + tail, advisory)
+
+
+def _advisory_note(advisory: tuple[str, ...]) -> str:
+    names = ", ".join(a.split(":", 1)[0] for a in advisory)
+    return (
+        f"advisory, not gated: {names} outside thresholds (what-ifs the model is not declared to ship; "
+        f"declare @llmcheck.model(ships=[...]) or set compression.gate to gate them)"
     )
 
 
@@ -369,6 +445,14 @@ CHECK = Check(
         "batches": Param(int, 8, "generated batches to compare on when the model file has no eval_data", minimum=1),
         "eval_batches": Param(int, 16, "most eval_data batches to compare on", minimum=1),
         "overrides": Param(dict, {}, "per-variant thresholds: {variant or variant@sparsity: {threshold: value}}"),
+        "gate": Param(
+            list,
+            [],
+            "variants whose findings fail the item; the others are advisory unless the model declares "
+            "@llmcheck.model(ships=[...]) (an @llmcheck.compressed variant always gates)",
+            item_type=str,
+            choices=VARIANTS,
+        ),
         **THRESHOLDS,
         **{k: TIMING_PARAMS[k] for k in ("warmup_iters", "max_time_s", "max_iqr_ratio")},
     },

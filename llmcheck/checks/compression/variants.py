@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import warnings
 from collections.abc import Mapping
 
@@ -142,13 +143,15 @@ def eligible(model: nn.Module) -> list[tuple[str, str, str, int]]:
 def coverage(baseline: nn.Module, variant: nn.Module) -> dict:
     """Which eligible weight matrices the variant changed, and the fraction of their bytes."""
     base_modules, var_modules = dict(baseline.named_modules()), dict(variant.named_modules())
-    changed, unchanged, total, done = {}, [], 0, 0
+    changed, unchanged, by_type, total, done = {}, [], {}, 0, 0
     for owner, pname, tname, nbytes in eligible(baseline):
         how = _change(base_modules[owner], var_modules.get(owner), pname)
         name = f"{owner}.{pname}" if owner else pname
         total += nbytes
         if how is None:
             unchanged.append(f"{name} ({tname})")
+            kind = owner_type(base_modules[owner])
+            by_type[kind] = by_type.get(kind, 0) + nbytes
         else:
             changed[name] = how
             done += nbytes
@@ -158,7 +161,19 @@ def coverage(baseline: nn.Module, variant: nn.Module) -> dict:
         "compressed_bytes": done,
         "changed": changed,
         "unchanged": unchanged,
+        "unchanged_types": by_type,  # module type -> bytes of its eligible weights left as they were
     }
+
+
+def owner_type(module: nn.Module) -> str:
+    """The module's class as a reader knows it: ``nn.Linear``, ``transformers Conv1D`` (a class from
+    an installed package, with the package), or the bare name of the model's own class."""
+    cls = type(module)
+    root = cls.__module__.split(".")[0]
+    if root == "torch":
+        return f"nn.{cls.__name__}"
+    path = str(getattr(sys.modules.get(root), "__file__", "") or "")
+    return f"{root} {cls.__name__}" if "site-packages" in path or "dist-packages" in path else cls.__name__
 
 
 def type_name(module: nn.Module) -> str:
