@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from llmcheck.checks.equality import nan_problem
 from llmcheck.registry import Check, Param
 from llmcheck.results import Skip, Verdict
 
@@ -62,7 +63,7 @@ def _first_module(model, run, batch, changed, n: int, i: int, tol: float) -> str
 def _perturbation(t, model, run, batch, n: int, gen, scale) -> dict:
     import torch
 
-    from llmcheck.target.tensors import max_abs_diff, model_dtype, tolerance
+    from llmcheck.target.tensors import max_abs_diff, model_dtype, nan_report, tolerance
 
     with torch.no_grad():
         base = run(batch)
@@ -78,7 +79,7 @@ def _perturbation(t, model, run, batch, n: int, gen, scale) -> dict:
             bad = [i for i in range(n) if row[i] > tol]
             if bad and worst is None:
                 worst = {"i": bad[0], "j": j, "module": _first_module(model, run, batch, changed, n, bad[0], tol)}
-    return {"tolerance": tol, "output_diff": diffs, "culprit": worst}
+    return {"tolerance": tol, "output_diff": diffs, "culprit": worst, "nan": nan_report(base)}
 
 
 def _gradients(t, model, run, batch, n: int) -> dict:
@@ -140,6 +141,9 @@ def _grad_leak(grads: list[list[float]], rtol: float):
 
 
 def judge(m: dict, p) -> Verdict:
+    nan = [f"{mode} mode: {nan_problem(r['nan'])}" for mode, r in m["modes"].items() if r.get("nan")]
+    if nan:  # NaN is never equal: no output can be shown unchanged, whatever the other samples do
+        return Verdict("failed", "; ".join(nan))
     problems = []
     for mode, r in m["modes"].items():
         c = r["culprit"]

@@ -8,6 +8,7 @@ kept outside parameters and persistent buffers, and tied weights that come apart
 
 from __future__ import annotations
 
+from llmcheck.checks.equality import nan_problem
 from llmcheck.registry import Check, Param
 from llmcheck.results import Verdict
 
@@ -37,6 +38,7 @@ def measure(ctx, p) -> dict:
         hidden_state,
         hidden_state_differences,
         max_abs_diff,
+        nan_report,
         tied_groups,
         untied,
         worst_index,
@@ -64,6 +66,7 @@ def measure(ctx, p) -> dict:
         results[fmt] = {
             "max_abs_diff": diff,
             "worst_index": worst_index(reference, out) if diff > 0 and out.shape == reference.shape else None,
+            "nan": nan_report(reference, out) if out.shape == reference.shape else None,
             "missing_keys": missing,
             "unexpected_keys": unexpected,
             "not_in_state_dict": hidden_state_differences(hidden, hidden_state(fresh)),
@@ -81,7 +84,9 @@ def _problems(fmt: str, r: dict, atol: float) -> list[str]:
         problems.append(f"{fmt}: unexpected keys in the checkpoint: {', '.join(r['unexpected_keys'][:5])}")
     if r["untied"]:
         problems.append(f"{fmt}: tied weights came apart after loading: {'; '.join(r['untied'])}")
-    if r["max_abs_diff"] > atol:
+    if r.get("nan"):
+        problems.append(f"{fmt}: {nan_problem(r['nan'], 'the outputs', ('the original', 'the reloaded model'))}")
+    elif r["max_abs_diff"] > atol:
         where = f" at index {r['worst_index']}" if r["worst_index"] else ""
         culprit = "; ".join(f"{k} ({v})" for k, v in list(r["not_in_state_dict"].items())[:5])
         problems.append(

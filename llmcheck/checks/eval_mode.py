@@ -5,6 +5,7 @@ that leave state behind. The culprit is the first module (in execution order) wh
 
 from __future__ import annotations
 
+from llmcheck.checks.equality import nan_problem
 from llmcheck.registry import Check, Param
 from llmcheck.results import Verdict
 
@@ -19,7 +20,13 @@ COMPARISONS = {
 def measure(ctx, p) -> dict:
     import torch
 
-    from llmcheck.target.tensors import first_divergence, max_abs_diff, record_module_outputs
+    from llmcheck.target.tensors import (
+        first_divergence,
+        first_nan_module,
+        max_abs_diff,
+        nan_report,
+        record_module_outputs,
+    )
 
     t = ctx.target
     model = t.build().eval()
@@ -44,7 +51,7 @@ def measure(ctx, p) -> dict:
         "inference_mode": (grad, infer, grad_rec, infer_rec),
         "toggle": (base, toggled, base_rec, toggled_rec),
     }
-    out = {"still_training": still_training, "comparisons": {}}
+    out = {"still_training": still_training, "comparisons": {}, "nan_module": first_nan_module(base_rec)}
     for name, (a, b, ra, rb) in pairs.items():
         d = max_abs_diff(a, b)
         culprit = first_divergence(ra, rb, p.atol) if d > p.atol else None
@@ -52,6 +59,7 @@ def measure(ctx, p) -> dict:
             "max_abs_diff": d,
             "culprit": culprit[0] if culprit else None,
             "culprit_abs_diff": culprit[1] if culprit else None,
+            "nan": nan_report(a, b),
         }
     return out
 
@@ -62,8 +70,13 @@ def judge(m: dict, p) -> Verdict:
         problems.append(
             f"after model.eval() these modules still have training=True: {', '.join(m['still_training'][:5])}"
         )
+    nan = [name for name, c in m["comparisons"].items() if c.get("nan")]
+    if nan:  # one problem for every comparison NaN spoils, not one each
+        first = m["comparisons"][nan[0]]["nan"]
+        where = f"; first module whose output holds NaN: {m['nan_module']}" if m.get("nan_module") else ""
+        problems.append(f"{', '.join(COMPARISONS[n] for n in nan)}: {nan_problem(first)}{where}")
     for name, c in m["comparisons"].items():
-        if c["max_abs_diff"] > p.atol:
+        if c["max_abs_diff"] > p.atol and name not in nan:
             where = (
                 f"; first differing module: {c['culprit']} (max |Δ| = {c['culprit_abs_diff']:.3g})"
                 if c["culprit"]

@@ -5,6 +5,7 @@ drifting in a frozen backbone and code that unfreezes or updates frozen weights.
 
 from __future__ import annotations
 
+from llmcheck.checks.equality import nan_problem
 from llmcheck.registry import Check, Param
 from llmcheck.results import Skip, Verdict
 
@@ -22,7 +23,7 @@ def frozen_modules(model) -> dict[str, object]:
 
 def measure(ctx, p) -> dict:
     from llmcheck.target.steps import train_step
-    from llmcheck.target.tensors import changed, snapshot
+    from llmcheck.target.tensors import changed, nan_report, snapshot
 
     t = ctx.target
     model = t.build()
@@ -41,12 +42,17 @@ def measure(ctx, p) -> dict:
         train_step(t, model, opt, sched, t.batch(seed=i))
     params_now = dict(model.named_parameters())
     buffers_now = {f"{name}.{b}" if name else b: v for name, mod in modules.items() for b, v in mod.named_buffers()}
+    changed_params = changed(params_before, params_now, p.atol)
+    changed_buffers = changed(buffers_before, buffers_now, p.atol)
+    nan = {n: nan_report(params_before[n], params_now[n]) for n in changed_params if n in params_now}
+    nan.update({n: nan_report(buffers_before[n], buffers_now[n]) for n in changed_buffers if n in buffers_now})
     return {
         "frozen_parameters": len(frozen),
         "frozen_modules": list(modules),
         "frozen_buffers": len(buffers),
-        "changed_parameters": changed(params_before, params_now, p.atol),
-        "changed_buffers": changed(buffers_before, buffers_now, p.atol),
+        "changed_parameters": changed_params,
+        "changed_buffers": changed_buffers,
+        "nan": {n: r for n, r in nan.items() if r},  # changed because NaN is never equal: where it is
         "with_gradient": {n: float(q.grad.norm()) for n, q in frozen.items() if q.grad is not None},
         "unfrozen": [n for n, q in frozen.items() if q.requires_grad],
     }
@@ -57,9 +63,17 @@ def _owner(buffer: str, modules: list[str]) -> str:
 
 
 def judge(m: dict, p) -> Verdict:
-    problems = [f"frozen parameter {n} changed (max |Δ| = {d:.3g})" for n, d in m["changed_parameters"].items()]
+    nan, sides = m.get("nan") or {}, ("the state before training", "the state after")
+    problems = [
+        nan_problem(nan[n], f"frozen parameter {n}", sides)
+        if n in nan
+        else f"frozen parameter {n} changed (max |Δ| = {d:.3g})"
+        for n, d in m["changed_parameters"].items()
+    ]
     problems += [
-        f"buffer {n} of frozen module {_owner(n, m['frozen_modules']) or '<root>'} changed "
+        nan_problem(nan[n], f"buffer {n} of frozen module {_owner(n, m['frozen_modules']) or '<root>'}", sides)
+        if n in nan
+        else f"buffer {n} of frozen module {_owner(n, m['frozen_modules']) or '<root>'} changed "
         f"(max |Δ| = {d:.3g}); put frozen modules in eval() during training"
         for n, d in m["changed_buffers"].items()
     ]

@@ -12,6 +12,7 @@ names the first position (or generated step) that differs and the size of the di
 
 from __future__ import annotations
 
+from llmcheck.checks.equality import nan_problem
 from llmcheck.registry import Check, Param
 from llmcheck.results import Skip, Verdict
 
@@ -73,10 +74,9 @@ class Decoder:
 
 
 def _per_position(a, b) -> list[float]:
-    import torch
+    from llmcheck.target.tensors import abs_diff  # NaN is never equal; equal infinities are
 
-    diff = torch.nan_to_num((a.float() - b.float()).abs(), nan=float("inf"))
-    return diff.flatten(2).amax(dim=(0, 2)).tolist()
+    return abs_diff(a, b).flatten(2).amax(dim=(0, 2)).tolist()
 
 
 def _generation(decode, ids, p, max_len) -> dict:
@@ -100,7 +100,7 @@ def _generation(decode, ids, p, max_len) -> dict:
 def measure(ctx, p) -> dict:
     import torch
 
-    from llmcheck.target.tensors import model_dtype, tolerance
+    from llmcheck.target.tensors import model_dtype, nan_report, tolerance
 
     t = ctx.target
     model = t.build().eval()
@@ -122,7 +122,9 @@ def measure(ctx, p) -> dict:
             ctx.progress(probe=name)
             got = decode.incremental(ids, prefill)
             out["probes"][name] = (
-                got if isinstance(got, str) else {"prefill": prefill, "diff": _per_position(got, full)}
+                got
+                if isinstance(got, str)
+                else {"prefill": prefill, "diff": _per_position(got, full), "nan": nan_report(full, got)}
             )
         ctx.progress(probe="greedy generation")
         out.update(_generation(decode, ids, p, t.traits.max_seq_len))
@@ -135,7 +137,10 @@ def judge(m: dict, p) -> Verdict:
         if isinstance(r, str):
             return Verdict("failed", f"{name}: {r}")
         bad = [(s, d) for s, d in enumerate(r["diff"]) if d > tol]
-        if bad:
+        if r.get("nan"):
+            sides = ("the full forward", "the cached decoding")
+            problems.append(f"{name} (prefill {r['prefill']}): {nan_problem(r['nan'], 'the logits', sides)}")
+        elif bad:
             s, d = bad[0]
             problems.append(
                 f"{name} (prefill {r['prefill']}): logits at position {s} differ from the full forward "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from llmcheck.checks.equality import nan_problem
 from llmcheck.registry import Check, Param
 from llmcheck.results import Skip, Verdict
 
@@ -49,7 +50,7 @@ def _pad_id(model, p) -> int:
 def _side(t, model, batch, ids, base, side: str, pad: int, pad_id: int, tol: float) -> dict:
     import torch
 
-    from llmcheck.target.tensors import max_abs_diff, worst_index
+    from llmcheck.target.tensors import max_abs_diff, nan_report, worst_index
 
     n, seq = ids.shape
     padded_ids = _pad(ids, pad, side, pad_id)
@@ -58,7 +59,7 @@ def _side(t, model, batch, ids, base, side: str, pad: int, pad_id: int, tol: flo
     if out.dim() < 2 or out.shape[:2] != padded_ids.shape:
         raise Skip(f"the output has shape {list(out.shape)}, not one row per token [batch, seq, ...]")
     real = out[:, :seq] if side == "right" else out[:, pad:]
-    found = {"max_abs_diff": max_abs_diff(real, base)}
+    found = {"max_abs_diff": max_abs_diff(real, base), "nan": nan_report(base, real)}
     if found["max_abs_diff"] > tol:
         sample, position = worst_index(real, base)[:2]
         unmasked = _run(t, model, _inputs(t, batch, padded_ids, torch.ones_like(mask), side))
@@ -107,6 +108,10 @@ def judge(m: dict, p) -> Verdict:
     problems = []
     for side, r in m["sides"].items():
         if r["max_abs_diff"] <= m["tolerance"]:
+            continue
+        if r.get("nan"):
+            sides = ("the unpadded batch", f"the {side}-padded batch")
+            problems.append(f"{side} padding: {nan_problem(r['nan'], 'the outputs of the real tokens', sides)}")
             continue
         text = (
             f"{side} padding ({m['pad_tokens']} pad tokens, id {m['pad_token_id']}): the output of the real token at "

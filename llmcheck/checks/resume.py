@@ -8,6 +8,7 @@ Catches counters, schedules and RNG streams that the checkpoint does not carry.
 
 from __future__ import annotations
 
+from llmcheck.checks.equality import nan_problem
 from llmcheck.registry import Check, Param
 from llmcheck.results import Verdict
 
@@ -17,7 +18,7 @@ def measure(ctx, p) -> dict:
 
     from llmcheck.target.model import seed_everything
     from llmcheck.target.steps import rng_state, set_rng_state, train_step
-    from llmcheck.target.tensors import changed, hidden_state, hidden_state_differences, snapshot
+    from llmcheck.target.tensors import changed, hidden_state, hidden_state_differences, nan_report, snapshot
 
     if not 0 < p.resume_at < p.steps:
         raise ValueError(f"resume.resume_at = {p.resume_at} must lie between 0 and resume.steps = {p.steps}")
@@ -64,6 +65,7 @@ def measure(ctx, p) -> dict:
         if diff and first is None:
             name = next(iter(diff))
             first = {"step": i + 1, "parameter": name, "max_abs_diff": diff[name], "n_parameters": len(diff)}
+            first["nan"] = nan_report(after_step[i + 1][name], dict(resumed.named_parameters())[name])
     return {
         "steps": p.steps,
         "resume_at": p.resume_at,
@@ -85,6 +87,15 @@ def judge(m: dict, p) -> Verdict:
             f"resumed at step {m['resume_at']} of {m['steps']} from a checkpoint of {what}: "
             f"parameters match the uninterrupted run after every step (max |Δ| <= atol {p.atol:g})",
         )
+    if first.get("nan"):
+        sides = ("the uninterrupted run", "the resumed run")
+        loss = next((i for i, x in enumerate(m["losses_uninterrupted"]) if _is_nan(x)), None)
+        return Verdict(
+            "failed",
+            f"after resuming at step {m['resume_at']}, parameter {first['parameter']} at step {first['step']}: "
+            + nan_problem(first["nan"], "the parameter", sides)
+            + (f"; the training loss is NaN from step {loss + 1}" if loss is not None else ""),
+        )
     hint = ""
     if m["not_restored"]:
         state = "; ".join(f"{k} ({v})" for k, v in list(m["not_restored"].items())[:5])
@@ -95,6 +106,11 @@ def judge(m: dict, p) -> Verdict:
         f"from the uninterrupted run at step {first['step']} (max |Δ| = {first['max_abs_diff']:.3g} "
         f"> atol {p.atol:g}; {first['n_parameters']} parameter(s) differ){hint}",
     )
+
+
+def _is_nan(x) -> bool:
+    """NaN as a float, or as the string strict JSON writes for it (a report read back)."""
+    return x != x if isinstance(x, float) else x == "NaN"
 
 
 CHECK = Check(

@@ -139,7 +139,8 @@ def merged(check: Check, params, parts: list[Result], requested: int, note: str 
     artifacts = dict(parts[0].artifacts)
     for i, r in enumerate(parts[1:], start=2):
         artifacts.update({f"{name}.process{i}": path for name, path in r.artifacts.items()})
-    return Result(verdict.status, verdict.message + (f"; {note}" if note else ""), metrics, samples, artifacts)
+    message = verdict.message + (f"; {note}" if note else "")
+    return Result(verdict.status, message, metrics, samples, artifacts, advisory=list(verdict.advisory))
 
 
 def pooled(samples: list[dict[str, list[float]]]) -> dict[str, list[float]]:
