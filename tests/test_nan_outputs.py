@@ -15,8 +15,8 @@ import math
 
 import pytest
 
-from llmcheck.checks.equality import nan_problem
 from llmcheck.settings import Params
+from llmcheck.target.equality import nan_problem
 
 EQUALITY = ("eval", "checkpoint", "resume", "frozen", "batch", "padding", "kv-cache")
 

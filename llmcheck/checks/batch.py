@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from llmcheck.checks.equality import nan_problem
 from llmcheck.registry import Check, Param
 from llmcheck.results import Skip, Verdict
+from llmcheck.target.equality import nan_problem
 
 
 def _perturb_sample(t, batch, j: int, gen):

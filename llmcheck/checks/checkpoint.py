@@ -8,9 +8,9 @@ kept outside parameters and persistent buffers, and tied weights that come apart
 
 from __future__ import annotations
 
-from llmcheck.checks.equality import nan_problem
 from llmcheck.registry import Check, Param
 from llmcheck.results import Verdict
+from llmcheck.target.equality import nan_problem
 
 FORMATS = ("torch", "safetensors")
 

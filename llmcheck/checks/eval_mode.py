@@ -5,9 +5,9 @@ that leave state behind. The culprit is the first module (in execution order) wh
 
 from __future__ import annotations
 
-from llmcheck.checks.equality import nan_problem
 from llmcheck.registry import Check, Param
 from llmcheck.results import Verdict
+from llmcheck.target.equality import nan_problem
 
 COMPARISONS = {
     "repeat": "two eval forwards",

@@ -5,9 +5,9 @@ drifting in a frozen backbone and code that unfreezes or updates frozen weights.
 
 from __future__ import annotations
 
-from llmcheck.checks.equality import nan_problem
 from llmcheck.registry import Check, Param
 from llmcheck.results import Skip, Verdict
+from llmcheck.target.equality import nan_problem
 
 
 def frozen_modules(model) -> dict[str, object]:

@@ -12,9 +12,9 @@ names the first position (or generated step) that differs and the size of the di
 
 from __future__ import annotations
 
-from llmcheck.checks.equality import nan_problem
 from llmcheck.registry import Check, Param
 from llmcheck.results import Skip, Verdict
+from llmcheck.target.equality import nan_problem
 
 
 class Decoder:

@@ -8,9 +8,9 @@ Catches counters, schedules and RNG streams that the checkpoint does not carry.
 
 from __future__ import annotations
 
-from llmcheck.checks.equality import nan_problem
 from llmcheck.registry import Check, Param
 from llmcheck.results import Verdict
+from llmcheck.target.equality import nan_problem
 
 
 def measure(ctx, p) -> dict:

@@ -1,4 +1,5 @@
-"""The judges' side of "these outputs must be equal": NaN is never equal. Pure and torch-free.
+"""The judges' side of "these outputs must be equal": NaN is never equal. Pure and torch-free, so
+judges import it in the pytest process; the worker side is `llmcheck.target.tensors`.
 
 A comparison that took NaN on both sides as "the same" would pass a model whose outputs are NaN
 (eval, checkpoint, resume, frozen, batch, padding and kv-cache once did). The worker records where
