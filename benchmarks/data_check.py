@@ -27,7 +27,8 @@ import numpy as np
 from rbloom import Bloom
 
 from llmcheck.checks.data.check import CHECK, judge
-from llmcheck.checks.data.dedup import Overlap, SplitStats, ngram_hashes, resolve_ngram
+from llmcheck.checks.data.dedup import Overlap, SplitStats
+from llmcheck.checks.data.ngrams import ngram_hashes, resolve_ngram
 from llmcheck.checks.data.windows import baseline, window_stats
 
 CORPUS = Path(__file__).resolve().parents[1] / "examples" / "data" / "corpus.txt"

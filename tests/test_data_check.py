@@ -252,7 +252,7 @@ def reference_hash(window) -> int:
 
 
 def test_rolling_ngram_hashes_equal_the_polynomial_hash_of_each_window():
-    from llmcheck.checks.data.dedup import ngram_hashes
+    from llmcheck.checks.data.ngrams import ngram_hashes
 
     rows = np.random.default_rng(0).integers(0, 50257, (3, 40))
     for n in (1, 13, 40):
@@ -278,7 +278,7 @@ def test_shifted_windows_of_one_stream_are_paired_and_other_rows_are_not():
 def test_the_automatic_ngram_is_long_for_characters_and_short_for_subwords():
     from collections import Counter
 
-    from llmcheck.checks.data.dedup import resolve_ngram
+    from llmcheck.checks.data.ngrams import resolve_ngram
 
     assert resolve_ngram(0, 256, Counter({256: 10})) == 50  # bytes: 50 characters, about eight words
     assert resolve_ngram(0, 65, Counter({64: 10})) == 32  # at most half a 64-character row
@@ -361,6 +361,10 @@ def test_the_judge_holds_repeats_to_sampling_for_random_windows_and_to_the_rate_
         no_windows.message
     )
     assert verdict(split(1600, 10, 0)).status == "passed"
+    chunks = verdict(split(1600, 36, 3))  # three shifted overlaps: a passage the text repeats, not windows
+    assert chunks.status == "failed" and "only 3 pairs of its 1564 distinct rows overlap as shifted windows (< 10)" in (
+        chunks.message
+    )
 
 
 def test_the_judge_holds_eval_overlap_to_the_train_against_itself_baseline():

@@ -13,7 +13,7 @@ eval split copied from train.
 
 from __future__ import annotations
 
-from llmcheck.checks.data.sampling import overlap_by_chance, repeats_by_chance
+from llmcheck.checks.data.sampling import MIN_SHIFTED, overlap_by_chance, repeats_by_chance
 from llmcheck.registry import Check, Param
 from llmcheck.results import Skip, Verdict
 
@@ -58,8 +58,7 @@ def _duplicates(name: str, s: dict, p) -> tuple[bool, str]:
         text += f", first: #{s['first_duplicate'][0]} = #{s['first_duplicate'][1]}"
         text += f", {s['repeated_contents']} distinct contents repeated, most: #{most['row']} x{most['copies']}"
     if chance is None:
-        why = w.get("reason") or f"no two of its {w.get('distinct', 0)} distinct rows overlap as shifted windows"
-        return count / rows > limit, f"{text} (rule: rate limit, not random windows: {why})"
+        return count / rows > limit, f"{text} (rule: rate limit, not random windows: {_not_windows(w)})"
     excess = max(0.0, count - chance["expected"])
     text += (
         f" (rule: random {w['length']}-token windows drawn with replacement: {w['shifted']} shifted overlaps of "
@@ -69,6 +68,15 @@ def _duplicates(name: str, s: dict, p) -> tuple[bool, str]:
         f"limit {limit:.1%}))"
     )
     return count > chance["bound"] and excess / rows > limit, text
+
+
+def _not_windows(w: dict) -> str:
+    if w.get("reason"):
+        return w["reason"]
+    if w.get("shifted"):
+        pairs = f"only {w['shifted']} pairs of its {w['distinct']} distinct rows"
+        return f"{pairs} overlap as shifted windows (< {MIN_SHIFTED})"
+    return f"no two of its {w.get('distinct', 0)} distinct rows overlap as shifted windows"
 
 
 def _overlap(m: dict, p, problems: list, notes: list) -> None:
@@ -107,7 +115,8 @@ def _verdict(problems: list, notes: list) -> Verdict:
 
 
 def measure(ctx, p) -> dict:
-    from llmcheck.checks.data.dedup import Overlap, SplitStats, resolve_ngram, scan
+    from llmcheck.checks.data.dedup import Overlap, SplitStats, scan
+    from llmcheck.checks.data.ngrams import resolve_ngram
     from llmcheck.checks.data.windows import baseline, window_stats
     from llmcheck.target.batches import declared
 

@@ -17,6 +17,8 @@ import math
 
 from llmcheck.stats.counts import binomial_upper_quantile, poisson_mean_upper, poisson_upper_quantile
 
+MIN_SHIFTED = 10  # shifted overlaps that make a split random windows for the judgement of its repeats
+
 
 def population(windows: dict, shifted: float) -> float:
     """Start positions the distinct rows were drawn from, given ``shifted`` overlapping pairs."""
@@ -33,9 +35,11 @@ def expected_repeats(draws: int, population: float) -> float:
 
 def repeats_by_chance(split: dict, alpha: float) -> dict | None:
     """Expected repeats and their upper bound for a split of random windows; None when its rows
-    show no shifted overlap (then they are not random windows of one stream)."""
+    show fewer than MIN_SHIFTED shifted overlaps: then they are not read as random windows (chunks
+    of a text that repeats a passage show one or two), and windows that few would repeat about
+    shifted / 2(L - n) rows by chance, under one for L - n >= 5."""
     windows = split.get("windows") or {}
-    if not windows.get("shifted"):
+    if windows.get("shifted", 0) < MIN_SHIFTED:
         return None
     estimate = population(windows, windows["shifted"])
     smallest = population(windows, poisson_mean_upper(windows["shifted"], alpha))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmcheck.checks.data.dedup import new_bloom, ngram_hashes, seen_fraction
+from llmcheck.checks.data.ngrams import new_bloom, ngram_hashes, seen_fraction
 
 _CHUNK = 512  # rows hashed at a time: bounds the n-gram matrix to 512 x L x 8 bytes
 _CANDIDATES_PER_ROW = 64  # more prefix matches than this per row: the text repeats itself, not windows
