@@ -16,6 +16,7 @@ import textwrap
 from types import SimpleNamespace
 
 import pytest
+from chromium import needs_chromium, open_page
 
 from llmcheck.declare import DeclarationError
 from llmcheck.settings import Params
@@ -187,6 +188,25 @@ def test_advisory_findings_are_in_every_report_and_a_pytest_warning(run):
     assert "| ⚠️ advisory | model.py::outliers::compression | int8\\_dynamic: " in text
 
 
+@needs_chromium
+def test_the_page_with_advisory_findings_opens_in_chromium_with_no_console_errors(run, tmp_path):
+    page = open_page(run.folder / "report.html", tmp_path)
+    assert page.console == [] and [t for t, _ in page.tags if t == "script"] == []
+    assert "Advisory, not gated:" in page.text and "torch.eye makes float32" in page.text
+
+
+def test_an_advisory_finding_is_text_in_the_html_and_markdown():
+    from llmcheck.reports import html, markdown
+
+    hostile = "int8: <script>alert(1)</script> | *bold*"
+    record = {"id": "m.py::m::compression", "model": "m", "check": "compression", "family": "compression"}
+    doc = {"results": [{**record, "status": "passed", "message": "ok", "advisory": [hostile]}], "summary": {}}
+    page = html.render(doc)
+    assert "<script>alert(1)</script>" not in page and "int8: &lt;script&gt;alert(1)&lt;/script&gt;" in page
+    row = "| ⚠️ advisory | m.py::m::compression | int8: &lt;script&gt;alert(1)&lt;/script&gt; \\| \\*bold\\* |"
+    assert row in markdown.run(doc)  # one table cell: the pipe escaped, the tag and emphasis text
+
+
 def test_warnings_as_errors_turn_advisory_findings_into_failures(run_llmcheck):
     result = run_llmcheck(
         MODELS, "-k", "eye and not shipped and compression", "-W", "error::llmcheck.results.LlmcheckAdvisory"
@@ -281,3 +301,14 @@ def test_a_model_that_cannot_run_under_autocast_is_advisory_unless_shipped():
     assert amp.judge(m, p).status == "passed"
     assert amp.judge(m, p).advisory == ("bfloat16 autocast cannot run: RuntimeError: no bf16 kernel",)
     assert amp.judge({**m, "ships": ["bfloat16"]}, p).status == "failed"
+
+
+def test_a_record_without_advisory_reads_back_with_none_and_a_verdict_takes_a_list_of_findings():
+    from llmcheck.results import Result, Verdict
+
+    assert Result.from_json({"status": "passed", "message": "ok"}).advisory == []  # a schema 1.0 record
+    verdict = Verdict("passed", "ok", ["int8_dynamic: coverage 8%"])
+    assert verdict.advisory == ("int8_dynamic: coverage 8%",)
+    assert Result.of(verdict, {"x": 1}).to_json()["advisory"] == ["int8_dynamic: coverage 8%"]
+    with pytest.raises(ValueError, match="one per finding"):
+        Verdict("passed", "ok", "int8_dynamic: coverage 8%")
