@@ -43,7 +43,7 @@ def first_nan(t: torch.Tensor) -> list[int] | None:
 def nan_report(a: torch.Tensor, b: torch.Tensor | None = None) -> dict | None:
     """Where NaN makes two tensors that must be equal unequal (or one tensor unusable): None without
     NaN, else {"index": the first NaN of ``a`` (of ``b`` when ``a`` has none), "counts": NaN values
-    in a and in b, "numel": values per tensor}. Judges word it with llmcheck.checks.equality."""
+    in a and in b, "numel": values per tensor}. Judges word it with llmcheck.target.equality."""
     tensors = [a] if b is None else [a, b]
     counts = [int(torch.isnan(t.detach()).sum()) if t.is_floating_point() else 0 for t in tensors]
     if not any(counts):
