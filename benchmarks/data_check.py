@@ -29,6 +29,7 @@ from rbloom import Bloom
 from llmcheck.checks.data.check import CHECK, judge
 from llmcheck.checks.data.dedup import Overlap, SplitStats
 from llmcheck.checks.data.ngrams import ngram_hashes, resolve_ngram
+from llmcheck.checks.data.sampling import expected_repeats
 from llmcheck.checks.data.windows import baseline, window_stats
 
 CORPUS = Path(__file__).resolve().parents[1] / "examples" / "data" / "corpus.txt"
@@ -132,7 +133,7 @@ def sampling(args) -> None:
     population = cut - args.length
     print(
         f"{args.seeds} seeds: {args.train} train windows of {args.length} from {population} start positions "
-        f"(chance repeats ~{args.train**2 / (2 * population):.1f}), {args.eval} eval windows; "
+        f"(chance repeats {expected_repeats(args.train, population):.1f}), {args.eval} eval windows; "
         f"{spent / (3 * args.seeds):.2f} s a judged pair"
     )
     for name, runs in cases.items():
