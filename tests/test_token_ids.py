@@ -239,3 +239,63 @@ def batch(batch_size, seq_len):
     assert declared.tokens(declared.batch()).shape == (2, 16)
     with pytest.raises(DeclarationError, match="token_key=3"):
         model(token_key=3)(lambda: None)
+
+
+def test_a_last_position_only_forward_is_called_again_with_targets_and_the_rngs_as_they_were(tmp_path):
+    from llmcheck.target.model import Target, load_declarations
+
+    path = tmp_path / "nano.py"
+    path.write_text(NANOGPT)
+    (decl,), _ = load_declarations(path)
+    t = Target(decl, {}, {})  # no inputs hook: random ids, no targets in the batch
+    model = t.build().train()  # dropout on: the retry must draw what the first call drew
+    batch = t.batch()
+    torch.manual_seed(5)
+    logits, _ = t.forward(model, batch)
+    assert logits.shape == (2, 16, 48) and t.takes("targets")
+    torch.manual_seed(5)
+    again, loss = model(batch, targets=torch.cat([batch[:, 1:], batch[:, -1:]], dim=1))
+    assert torch.equal(logits, again)
+    torch.manual_seed(5)
+    assert torch.equal(t.forward(model, batch)[0], again)  # later calls pass the targets at once
+
+
+def test_keywords_behind_kwargs_come_from_the_base_class_or_the_wrapped_model():
+    from llmcheck.target.signature import forward_signature
+
+    class Base(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False):
+            return input_ids
+
+    class Subclass(Base):
+        def forward(self, input_ids=None, **kwargs):
+            return super().forward(input_ids, **kwargs)
+
+    class Alone(torch.nn.Module):
+        def forward(self, x, **kwargs):
+            return x
+
+    sub = forward_signature(Subclass())
+    assert (sub.first, sub.takes("attention_mask"), sub.takes("labels")) == ("input_ids", True, False)
+    assert sub.source("past_key_values") == "Base.forward, through **kwargs"
+    assert sub.source("input_ids") == "forward"
+    assert forward_signature(Alone()).keywords == {"x": "forward"}
+
+
+@needs_transformers
+def test_a_wrapper_taking_kwargs_takes_the_keywords_of_its_one_hugging_face_model():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from llmcheck.target.signature import forward_signature
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lm = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16, n_positions=8))
+
+        def forward(self, input_ids, **kwargs):
+            return self.lm(input_ids, **kwargs)
+
+    sig = forward_signature(Wrapper())
+    assert sig.takes("attention_mask") and sig.takes("position_ids")
+    assert sig.source("attention_mask") == "lm (GPT2LMHeadModel).forward, through **kwargs"
