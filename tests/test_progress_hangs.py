@@ -85,6 +85,20 @@ def test_the_progress_rule_fires_on_a_quiet_tree_and_never_on_a_busy_one(tmp_pat
             parent.wait()
 
 
+def test_outside_the_models_calls_only_the_clock_applies(tmp_path):
+    """A factory reading a slow disk, a check waiting on a fresh process: quiet, but not the model."""
+    beat = Heartbeat(tmp_path / "beat", create=True)
+    for event in (beat.progress, lambda: (beat.forward_started(), beat.forward_ended())):
+        beat.reset()
+        event()
+        parent = subprocess.Popen(["sleep", "60"])
+        try:
+            assert _poll_for(_watch(parent.pid, beat), 3.0) is None
+        finally:
+            parent.kill()
+            parent.wait()
+
+
 def test_the_step_time_sets_the_window_above_the_floor(tmp_path):
     beat = Heartbeat(tmp_path / "beat", create=True)
     beat.forward_started()

@@ -4,13 +4,16 @@ Parent side, torch-free.
 - **memory**: the resident memory of the worker's whole tree (its children and the orphans the
   reaper adopted included) over ``memory_limit`` ends the check as ``crashed``, before the
   kernel's OOM killer picks a victim, which may be the pytest process or the CI runner.
-- **progress**: a hang is declared when no progress (a forward starting or returning, a backward,
+- **progress**: a hang is declared when the model is being called (a forward has started and not
+  returned, or a backward has begun) and no progress (a forward starting or returning, a backward,
   a ``ctx.progress``; see ``llmcheck.target.calls``) has come for ``hang_factor`` times the step
-  time learned so far (the longest gap between two events of the check, else the model's earlier
-  checks), at least ``hang_floor_s``, *and* the tree has been quiet over the last
+  time learned so far (the longest gap between two events of the check, else the median of the
+  model's earlier checks), at least ``hang_floor_s``, *and* the tree has been quiet over the last
   ``hang_floor_s``: under a tenth of a core and under 1 MB/s of reads and writes. A deadlock, a
   lost wake-up or a collective waiting for a dead peer is quiet; a slow step computes, so a big
-  batch is never cut for being slow (the check's ``timeout`` stays the outer bound).
+  batch is never cut for being slow. Outside the model's calls (a factory loading weights from a
+  slow disk, a check waiting for a fresh process) only the clock applies: the check's
+  ``timeout`` stays the outer bound everywhere.
 - **same hang**: once a hang's stuck frame is known for a model, a later check of that model that
   has been quiet, with no progress, for ``SAME_AFTER`` seconds has its worker's stack sampled;
   stuck in the same frame, it is reported as that same hang at once.
@@ -31,7 +34,7 @@ from typing import Any
 
 from llmcheck.isolation import frames
 from llmcheck.isolation.reaper import descendants
-from llmcheck.target.calls import Heartbeat
+from llmcheck.target.calls import KINDS, Heartbeat
 
 POLL = 0.2  # seconds between looks at the tree
 QUIET_CPU = 0.1  # cores: a tree using less is waiting, not computing
@@ -203,6 +206,8 @@ class Watch:
 
     def _progress(self, beat: dict[str, int], idle: float) -> Fired | None:
         factor, floor = self.rules.hang_factor, self.rules.hang_floor_s
+        if beat["depth"] <= 0 and beat["last_kind"] != KINDS.index("backward"):
+            return None  # not in the model's code: only the timeout
         step = self.step(beat)
         window = max(floor, factor * (step or 0.0))
         if idle <= window or not self.tree.quiet(min(window, floor)):
