@@ -98,28 +98,25 @@ def test_a_subclass_taking_kwargs_runs_kv_cache_and_padding_and_broken_positions
     assert "token by token (prefill 1): logits at position 1 differ from the full forward" in broken["message"]
 
 
-# A BERT encoder fed by hooks that break their promise. ``padded_to_ten`` behaves like a tokenizer
-# that adds [CLS]/[SEP] and pads to a minimum length: asked for fewer than 10 tokens it gives 10.
-# ``one_row_extra`` returns one row more than asked.
+# Hooks that break their promise. ``padded_to_ten`` feeds a BERT encoder the way a tokenizer that
+# adds [CLS]/[SEP] and pads to a minimum length would: asked for fewer than 10 tokens it gives 10.
+# ``one_row_extra`` returns one row more than asked (its model is plain torch: no transformers import).
 BERT_HOOKS = """
 import torch
 import llmcheck
-from transformers import BertConfig, BertModel
-
-
-def tiny_bert():
-    return BertModel(BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64,
-                                vocab_size=96, max_position_embeddings=40))
 
 
 @llmcheck.model
 def bert_min_len():
-    return tiny_bert()
+    from transformers import BertConfig, BertModel
+
+    return BertModel(BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                                vocab_size=96, max_position_embeddings=40))
 
 
-@llmcheck.model
-def bert_bad_rows():
-    return tiny_bert()
+@llmcheck.model(vocab_size=96, max_seq_len=40)
+def bad_rows():
+    return torch.nn.Sequential(torch.nn.Embedding(96, 16), torch.nn.Linear(16, 96))
 
 
 @llmcheck.inputs(models="bert_min_len")
@@ -130,7 +127,7 @@ def padded_to_ten(batch_size, seq_len):
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
-@llmcheck.inputs(models="bert_bad_rows")
+@llmcheck.inputs(models="bad_rows")
 def one_row_extra(batch_size, seq_len):
     ids = torch.randint(5, 96, (batch_size + 1, seq_len))
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -151,7 +148,7 @@ def test_hooks_that_break_their_promise_are_blamed_and_fuzz_searches_what_the_ho
     assert (
         "@llmcheck.inputs padded_to_ten(4, 4) returned input_ids of shape [4, 10]; asked for [4, 4]" in short["message"]
     )
-    rows = found["bert_bad_rows", "fuzz"]
+    rows = found["bad_rows", "fuzz"]
     assert rows["status"] == "error", rows
     assert (
         "@llmcheck.inputs one_row_extra(1, 1) returned input_ids of shape [2, 1]; "
