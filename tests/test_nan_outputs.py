@@ -102,6 +102,17 @@ def finite_twin():
     return CachedLM(prior(nan=False))
 
 
+class NaNInTraining(CachedLM):
+    def forward(self, input_ids, attention_mask=None):
+        logits = super().forward(input_ids, attention_mask)
+        return logits * torch.log(-torch.ones(())) if self.training else logits  # log(-1): NaN in train mode
+
+
+@llmcheck.model(causal=True, vocab_size=V, max_seq_len=T)
+def nan_in_training():  # eval forwards are finite, so batch reaches its train-mode comparison
+    return NaNInTraining(prior(nan=False))
+
+
 @llmcheck.model(causal=True, vocab_size=V, max_seq_len=T, checks={"resume": {"lr": 1e30}})
 def diverging():  # finite at first; AdamW at lr 1e30 takes it to NaN in its second step
     return CachedLM(prior(nan=False))
@@ -136,7 +147,10 @@ def test_the_nan_problem_names_the_sides_the_counts_and_the_first_index():
 
 
 def test_nan_outputs_fail_the_equality_checks_or_leave_them_inconclusive_and_the_finite_twin_passes(run_llmcheck):
-    selection = f"({' or '.join(EQUALITY)}) and not diverging or diverging and resume"
+    selection = (
+        f"({' or '.join(EQUALITY)}) and not diverging and not nan_in_training"
+        " or diverging and resume or nan_in_training and batch"
+    )
     result = run_llmcheck(MODELS, "-k", selection)
     found = {(r["model"], r["check"]): r for r in result.report["results"]}
     twin = {c: found["finite_twin", c] for c in EQUALITY}
@@ -161,6 +175,10 @@ def test_nan_outputs_fail_the_equality_checks_or_leave_them_inconclusive_and_the
         "NaN in buffer prior.log_prior of frozen module prior on both sides (1 of 32 values in the state before "
         "training, 1 in the state after), first at index [5]: NaN is never equal, so equality cannot be shown"
     )
+    trained = found["nan_in_training", "batch"]
+    assert trained["status"] == "failed", trained["message"]
+    assert trained["message"].startswith("train mode: NaN in the outputs (")  # every value: log(-1) scales them all
+    assert trained["message"].endswith("first at index [0, 0, 0]: NaN is never equal, so equality cannot be shown")
     # Finite at first, NaN once training diverges: both runs end NaN, once reported as "identical".
     diverged = found["diverging", "resume"]
     assert diverged["status"] == "failed", diverged["message"]
