@@ -33,8 +33,6 @@ A_B = [
     'latency.precisions=["float32"]',
     "--ab-set",
     "latency.seq_lens=[16]",
-    "--ab-set",
-    "latency.num_threads=1",  # two threads on a busy 2-core runner wait on each other: ratios of 5x
     "--ab-precision",
     "10%",  # a 2x step needs no 2 % precision: stop once 3 process pairs give ±10 %
     "--ab-min-pairs",
@@ -62,16 +60,22 @@ def git(repo: Path, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> dict:
-    """A repository with the 4-block model on main, and main's stored report (eval passes)."""
+    """A repository with the 4-block model on main."""
     root = tmp_path_factory.mktemp("ci") / "repo"
     write(root, 4)
     git(root, "init", "-q", "-b", "main")
     git(root, "add", ".")
     git(root, "commit", "-q", "-m", "four blocks")
-    report = root.parent / "main-report.json"
-    suite = ab_ci.run_suite("main", ["model.py"], report, "-k eval", cwd=root)
+    return {"root": root, "main": git(root, "rev-parse", "HEAD")}
+
+
+@pytest.fixture(scope="module")
+def main_report(repo) -> Path:
+    """main's stored report, from a real run of the suite on main (eval passes)."""
+    report = repo["root"].parent / "main-report.json"
+    suite = ab_ci.run_suite("main", ["model.py"], report, "-k eval", cwd=repo["root"])
     assert suite.written, suite.output
-    return {"root": root, "main": git(root, "rev-parse", "HEAD"), "report": report}
+    return report
 
 
 def pull_request(repo: dict, name: str, files: dict[str, str]) -> Path:
@@ -93,10 +97,12 @@ def llmcheck_ci(repo: dict, monkeypatch, capsys, out: Path, *extra: str) -> tupl
     return code, json.loads((out / "ci.json").read_text()), comment
 
 
-def test_a_pull_request_that_doubles_the_work_fails_on_the_ab_half(repo, monkeypatch, capsys, tmp_path):
+def test_a_pull_request_that_doubles_the_work_fails_on_the_ab_half(repo, main_report, monkeypatch, capsys, tmp_path):
     pull_request(repo, "slower", {"blocks.py": BLOCKS.format(n=8)})
+    # 90 s only when needed: a quiet machine reaches ±10 % in 3 process pairs; a loaded one (load 8 on
+    # 2 cores) once gave 2.46 (CI 1.01-5.97) in the 3 pairs that 40 s allowed.
     code, doc, comment = llmcheck_ci(
-        repo, monkeypatch, capsys, tmp_path, "--main-report", str(repo["report"]), "--ab-budget", "40s"
+        repo, monkeypatch, capsys, tmp_path, "--main-report", str(main_report), "--ab-budget", "90s"
     )
     (result,) = doc["ab"][0]["results"]
     assert (code, doc["verdict"]) == (1, "fail"), comment
@@ -123,10 +129,12 @@ def test_a_pull_request_that_changes_nothing_the_model_runs_passes(repo, monkeyp
     assert root == repo["root"]
 
 
-def test_a_pull_request_that_leaves_dropout_on_in_eval_fails_on_the_eval_check(repo, monkeypatch, capsys, tmp_path):
+def test_a_pull_request_that_leaves_dropout_on_in_eval_fails_on_the_eval_check(
+    repo, main_report, monkeypatch, capsys, tmp_path
+):
     pull_request(repo, "dropout", {"blocks.py": DROPOUT_IN_EVAL.format(n=4)})
     code, doc, comment = llmcheck_ci(
-        repo, monkeypatch, capsys, tmp_path, "--main-report", str(repo["report"]), "--ab-budget", "10s"
+        repo, monkeypatch, capsys, tmp_path, "--main-report", str(main_report), "--ab-budget", "10s"
     )
     assert (code, doc["verdict"]) == (1, "fail"), comment
     (row,) = [r for r in doc["checks"]["rows"] if r["blocking"]]

@@ -9,23 +9,22 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from llmcheck.ab import engine as ab
+from llmcheck.ab import runner
 from llmcheck.ab import sources as ab_sources
+from llmcheck.ab.runner import Request, settings_layers
 from llmcheck.reports import ab_report
 from llmcheck.settings import (
     Layer,
     SettingsError,
     UsageError,
-    assignments,
     duration,
     fraction,
-    pyproject_layer,
-    resolve,
 )
 
 
@@ -125,24 +124,6 @@ def options(args) -> ab.Options:
     )
 
 
-@dataclass(frozen=True)
-class Request:
-    """What to measure: the check and its series, which models and configurations."""
-
-    check: str = "latency"
-    metric: str = ""  # default: the check's first series
-    models: tuple[str, ...] = ()  # default: every model of HEAD
-    keyword: str = ""
-    configs: str = ""  # ID,ID
-    quiet: bool = False
-
-    def series(self) -> str:
-        metric = self.metric or next(iter(ab.METRICS[self.check]))
-        if metric not in ab.METRICS[self.check]:
-            raise UsageError(f"--metric {metric!r}: {self.check} offers {', '.join(ab.METRICS[self.check])}")
-        return metric
-
-
 def main(args) -> int:
     try:
         opts = options(args)
@@ -161,107 +142,27 @@ def main(args) -> int:
     return 1 if doc["summary"].get("regression") else (2 if doc["summary"].get("error") else 0)
 
 
-def settings_layers(check: str, assigned: list[str]) -> list[Layer]:
-    """pyproject.toml's [tool.llmcheck], the A/B per-process plan, then ``--set`` (HEAD's model layer
-    goes in before the last, per model)."""
-    here = Path.cwd().resolve()
-    found = next((d / "pyproject.toml" for d in (here, *here.parents) if (d / "pyproject.toml").is_file()), None)
-    files = [layer for layer in [pyproject_layer(found) if found else None] if layer]
-    return [*files, ab.plan_layer(check), assignments(assigned, "--set on the command line")]
-
-
 def measure(request: Request, opts: ab.Options, layers: list[Layer], sources: dict) -> dict[str, Any]:
     """The A/B document of HEAD's models against BASE's (sources: label -> ab_sources.Source)."""
-    from llmcheck.registry import load_checks
-
-    checks = load_checks()
-    check = checks[request.check]
-    glob, _, _ = resolve(layers, checks, check)
-    with ExitStack() as stack:
-        session = ab.Session(startup_timeout=glob["startup_timeout"])
-        stack.callback(session.close)
-        started = time.time()
-        described = session.describe({label: str(s.path) for label, s in sources.items()})
-        for label, models in described.items():
-            if isinstance(models, str):
-                raise UsageError(f"{label} {sources[label].spec}: {models}")
-        results, rounds = _compare(request, opts, layers, checks, check, session, described, sources)
+    done = runner.run_models(request, opts, layers, sources)
     return ab_report.build(
         check=request.check,
         metric=request.series(),
         statistic=opts.statistic,
-        rounds=rounds,
+        rounds=done.rounds,
         base=_side(sources["BASE"]),
         head=_side(sources["HEAD"]),
-        options=_options(opts),
-        results=results,
-        environment=session.env,
+        options=dict(opts.__dict__),
+        results=done.results,
+        environment=done.environment,
         producer=_producer(),
-        started=started,
-        finished=time.time(),
+        started=done.started,
+        finished=done.finished,
     )
-
-
-def _compare(request: Request, opts, layers, checks, check, session, described, sources) -> tuple[list[dict], int]:
-    """Per model of HEAD: its configurations, measured against BASE's model of the same name."""
-    base_names = [m["name"] for m in described["BASE"]]
-    models = [m for m in described["HEAD"] if not request.models or m["name"] in request.models]
-    if not models:
-        raise UsageError(
-            f"no model {list(request.models)} in HEAD; it declares {[m['name'] for m in described['HEAD']]}"
-        )
-    results, rounds, deadline = [], 0, time.monotonic() + opts.budget_s
-    for i, info in enumerate(models):
-        if info["name"] not in base_names:
-            results.append(missing(info["name"], sources["BASE"].spec, base_names))
-            continue
-        model_layer = Layer(f"@llmcheck.model(checks=...) of {info['name']} in HEAD", info.get("checks") or {})
-        glob, params, _ = resolve([*layers[:-1], model_layer, layers[-1]], checks, check)
-        every = ab.configurations(check, params, glob, info["name"], request.series())
-        chosen = ab.select(every, request.keyword, [c for c in request.configs.split(",") if c])
-        if not chosen:
-            raise UsageError(
-                f"no configuration of {info['name']} matches -k {request.keyword!r} --configs {request.configs!r}; "
-                f"there are: {', '.join(c.key for c in every)}"
-            )
-        share = (deadline - time.monotonic()) / (len(models) - i)
-        sides = [ab.Side(label, str(sources[label].path), info["name"]) for label in ("BASE", "HEAD")]
-        share_opts = ab.Options(**{**opts.__dict__, "budget_s": max(round(share, 1), 1.0)})
-        progress = None if request.quiet else _progress(share_opts)
-        rounds += ab.run(session, *sides, request.check, request.series(), chosen, share_opts, progress)
-        results += [ab.outcome(c, opts) for c in chosen]
-    return results, rounds
-
-
-def _progress(opts: ab.Options):
-    return lambda r, elapsed, active: print(ab.progress_line(r, elapsed, active, opts), file=sys.stderr)
-
-
-def missing(model: str, base_spec: str, base_names: list[str]) -> dict[str, Any]:
-    """The error record of a HEAD model that BASE does not declare."""
-    return {
-        "id": "*",
-        "model": model,
-        "variant": {},
-        "verdict": "error",
-        "stop": "",
-        "pairs": [],
-        "message": (
-            f"model {model!r} is not declared in BASE {base_spec} (BASE declares: {', '.join(base_names) or 'none'})"
-        ),
-        "base_median_ms": None,
-        "head_median_ms": None,
-        "detectable": None,
-        "estimate": {"n": 0, "ratio": None, "ci_low": None, "ci_high": None, "half_width": None},
-    }
 
 
 def _side(source: ab_sources.Source) -> dict[str, Any]:
     return {"spec": source.spec, "path": str(source.path), "commit": source.commit}
-
-
-def _options(o: ab.Options) -> dict[str, Any]:
-    return dict(o.__dict__)
 
 
 def _producer() -> dict[str, Any]:
@@ -344,6 +245,7 @@ def ci_main(args) -> int:
             recycle=args.ab_recycle,
         )
         gate = ab_ci.parse_gate(args.gate)
+        args.models = [_inside(m) for m in args.models]
         with ExitStack() as stack:
             base_dir, base_commit, _ = ab_ci.base_checkout(args.base_ref, stack)
             head_commit = ab_sources.git(["rev-parse", "HEAD"], Path.cwd())
@@ -376,6 +278,17 @@ def ci_main(args) -> int:
     (out / "comment.md").write_text(text, encoding="utf-8")
     sys.stdout.write(text)
     return {"pass": 0, "fail": 1}.get(verdict, 2)
+
+
+def _inside(model: str) -> str:
+    """``model`` relative to the current folder, which BASE's checkout mirrors; an outside path has no BASE."""
+    path = Path(model)
+    if not path.is_absolute():
+        return model
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        raise UsageError(f"{model}: outside {Path.cwd()}, so BASE's checkout has no version of it") from None
 
 
 def _ci_checks(args, head, base_dir: Path, base_commit: str, gate: list[str], min_effect: float) -> dict[str, Any]:

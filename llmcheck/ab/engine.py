@@ -56,11 +56,24 @@ METRICS: dict[str, dict[str, str]] = {
 # turn medians of 1.7-7.4 ms for a 1.7 ms forward, pairs off by 2-3x with the median; the minimum
 # kept 6-vs-5-block pairs within 1.12-1.31. So the default is the minimum, as timeit advises.
 STATISTICS = {"median": 0.5, "p25": 0.25, "p10": 0.10, "min": 0.0}
-# Each process measures once, for a fixed time: its median is one observation, and precision comes
-# from the number of processes, not from one long series (sampling stops on time, not on the CI).
+# Each turn measures for a fixed time: its statistic is one observation, and precision comes from
+# the number of rounds and process pairs, not from one long series (sampling stops on time, not on
+# the CI). One torch thread: on a busy 2-core machine two threads of one process wait on each other
+# whenever one is descheduled; measured here (load 9-10, the example model, 2-minute A/A runs), two
+# threads gave intervals of 0.28-1.65 and 0.003-24.6 around a ratio that is 1, one thread
+# 0.989-1.019. Both sides run the same thread count, so the comparison stays fair; --set
+# latency.num_threads=0 restores torch's own setting.
 PLAN = {
-    "latency": {"warmup_s": 0.03, "min_samples": 10, "max_samples": 400, "max_time_s": 0.08, "target_rel_ci": 0.0},
+    "latency": {
+        "warmup_s": 0.03,
+        "min_samples": 10,
+        "max_samples": 400,
+        "max_time_s": 0.08,
+        "target_rel_ci": 0.0,
+        "num_threads": 1,
+    },
     "throughput": {
+        "num_threads": 1,
         "warmup_s": 0.05,
         "min_samples": 10,
         "max_samples": 400,
@@ -243,11 +256,12 @@ def run(
                     c.status, c.stop = "done", "budget"
                 break
             if fresh:
-                began = time.monotonic()
+                began, spawned = time.monotonic(), not session.warm  # round one may reuse describe's workers
                 if gen is not None:
                     close_all(list(gen.workers.values()))
                 gen = _start_pair(session, (base, head), configs, rng, 1 if gen is None else gen.number + 1)
-                clock.startups.append(time.monotonic() - began)
+                if spawned:
+                    clock.startups.append(time.monotonic() - began)
             began, rounds = time.monotonic(), rounds + 1
             order = [base, head] if rng.random() < 0.5 else [head, base]
             values = _round(gen, order, check, metric, options.statistic, rng.sample(active, len(active)), options)
@@ -277,9 +291,10 @@ class Clock:
     def rounds_per_pair(self, options: Options) -> int:
         """``options.recycle``, lowered when the budget could not otherwise hold ``min_pairs`` process
         pairs at the start-up and round times measured so far (the interval is over process pairs)."""
-        if not self.startups or not self.rounds:
+        if not self.rounds:
             return max(1, options.recycle)
-        startup, per_round = statistics.median(self.startups), statistics.median(self.rounds)
+        startup = statistics.median(self.startups) if self.startups else 0.0  # none spawned yet
+        per_round = statistics.median(self.rounds)
         fits = (options.budget_s / max(options.min_pairs, 1) - startup) / max(per_round, 1e-3)
         return max(1, min(options.recycle, int(fits)))
 
@@ -290,7 +305,8 @@ def _out_of_budget(active: list[Config], clock: Clock, options: Options, fresh: 
     enough = all(len(process_ratios(c.pairs)) >= ab_stats.MIN_PAIRS_FOR_INTERVAL for c in active)
     if not enough or not clock.rounds:
         return False
-    cost = clock.rounds[-1] + (statistics.median(clock.startups) if fresh else 0.0)
+    startup = statistics.median(clock.startups) if clock.startups else clock.rounds[-1]  # none seen: a guess
+    cost = clock.rounds[-1] + (startup if fresh else 0.0)
     return clock.elapsed() + cost > options.budget_s
 
 
