@@ -359,7 +359,7 @@ def share_cpus(workers: list[WorkerProcess], configs: list[Config], rng: random.
     cpus = set(rng.sample(allowed, threads))
     for worker in workers:
         try:
-            os.sched_setaffinity(worker.proc.pid, cpus)
+            os.sched_setaffinity(worker.pid, cpus)  # the worker, not the reaper it runs under
         except OSError:
             pass  # the process already ended: its failure is reported by the next request
 
