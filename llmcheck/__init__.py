@@ -9,7 +9,7 @@ from llmcheck import distill  # llmcheck.distill.loss; imports torch only when c
 from llmcheck.context import Context, Params
 from llmcheck.declare import compressed, eval_data, inputs, loss, model, optimizer, train_data
 from llmcheck.registry import Check, Param
-from llmcheck.results import Skip, Verdict
+from llmcheck.results import LlmcheckAdvisory, Skip, Verdict
 
 __version__ = "0.1.0"
 __all__ = [
@@ -26,5 +26,6 @@ __all__ = [
     "Skip",
     "Context",
     "Params",
+    "LlmcheckAdvisory",
     "distill",
 ]
