@@ -134,3 +134,21 @@ def test_the_reaper_adopts_kills_and_reaps_a_daemon_and_reports_the_workers_exit
     assert lines[-1] == {"op": "exited", "returncode": 3}
     daemon = _escapees(pids)["daemon"]
     assert not psutil.pid_exists(daemon), "the daemon outlived the reaper (or was left a zombie)"
+
+
+def test_a_model_that_kills_its_parent_kills_the_reaper_and_is_crashed_naming_it(run_llmcheck, pytester):
+    source = variant(
+        "    def forward(self, idx):\n",
+        "    def forward(self, idx):\n"
+        "        if not self.training:\n"
+        "            import os, signal\n"
+        "            Path(__file__).with_name('worker.pid').write_text(str(os.getpid()))\n"
+        "            os.kill(os.getppid(), signal.SIGKILL)\n"
+        "            time.sleep(600)\n",
+    )
+    result = run_llmcheck("import time\nfrom pathlib import Path\n" + source, "-k", "eval or resume")
+    record = result.by_check["eval"]
+    assert record["status"] == "crashed"
+    assert record["message"].startswith("worker's reaper process died with signal SIGKILL during run")
+    _assert_all_gone({"worker": int((pytester.path / "worker.pid").read_text())})
+    assert result.by_check["resume"]["status"] == "passed"

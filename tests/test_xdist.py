@@ -124,7 +124,8 @@ KILLS_ITS_XDIST_WORKER = CLEAN.replace(
         return TinyLM()
     os.write(fd, str(os.getpid()).encode())
     os.close(fd)
-    os.kill(os.getppid(), signal.SIGKILL)  # the pytest process of this xdist worker
+    import psutil
+    os.kill(psutil.Process(os.getppid()).ppid(), signal.SIGKILL)  # this xdist worker, the reaper's parent
     import time
     time.sleep(60)  # still "running" when the parent is gone
     return TinyLM()""",

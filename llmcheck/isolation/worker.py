@@ -282,10 +282,13 @@ class WorkerProcess:
         self.kill()
         if self.returncode is None:
             self._drain_reaper()
-        returncode = self.returncode if self.returncode is not None else self.proc.returncode
+        if self.returncode is not None:
+            who, returncode = "worker", self.returncode
+        else:  # killed itself (by the model: os.kill(os.getppid(), ...)); the worker then ended its group
+            who, returncode = "worker's reaper process", self.proc.returncode
         fault = output.read_span(self.fault_path, self._fault_from, FAULT_READ // 2, FAULT_READ // 2)
         where = culprit_frame(fault)
-        message = f"worker died with {describe_exit(returncode)} during {doing}" + (f" at {where}" if where else "")
+        message = f"{who} died with {describe_exit(returncode)} during {doing}" + (f" at {where}" if where else "")
         if not fault:
             fault = "(no fault trace: the process exited without a fatal signal, e.g. os._exit or SIGKILL)"
         metrics = {"fault": {"kind": "crash", "at": where, "exit": describe_exit(returncode)}}
