@@ -257,9 +257,8 @@ def run(
                 break
             if fresh:
                 began, spawned = time.monotonic(), not session.warm  # round one may reuse describe's workers
-                if gen is not None:
-                    close_all(list(gen.workers.values()))
-                gen = _start_pair(session, (base, head), configs, rng, 1 if gen is None else gen.number + 1)
+                retired = list(gen.workers.values()) if gen is not None else []
+                gen = _start_pair(session, (base, head), configs, rng, 1 if gen is None else gen.number + 1, retired)
                 if spawned:
                     clock.startups.append(time.monotonic() - began)
             began, rounds = time.monotonic(), rounds + 1
@@ -310,11 +309,14 @@ def _out_of_budget(active: list[Config], clock: Clock, options: Options, fresh: 
     return clock.elapsed() + cost > options.budget_s
 
 
-def _start_pair(session: Session, sides: tuple[Side, Side], configs: list[Config], rng, number: int) -> Generation:
-    """Both sides' workers, started at once (imports overlap each other only), pinned to one CPU set,
-    and idle (the model file loaded) before any timing."""
+def _start_pair(
+    session: Session, sides: tuple[Side, Side], configs: list[Config], rng, number: int, retired: list[WorkerProcess]
+) -> Generation:
+    """Both sides' workers, started at once (imports overlap each other and the retired pair's exit,
+    never a measurement), pinned to one CPU set, and idle (the model file loaded) before any timing."""
     workers = {side.label: session.start(side.label) for side in sides}
     share_cpus(list(workers.values()), configs, rng)
+    close_all(retired)
     gen = Generation(number, workers)
     for side in sides:
         gen.failure = gen.failure or _ready(session, workers[side.label], side)
