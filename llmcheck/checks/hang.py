@@ -2,8 +2,9 @@
 watchdog. Catches deadlocks and endless waits: a lock taken twice, a DataLoader worker stuck in
 ``__getitem__``, a collective or a native call that never returns.
 
-The watchdog is the worker's per-check timeout (``hang.timeout``), held by the parent process,
-so it fires even while the worker's main thread is stuck in native code. A heartbeat
+The watchdog is held by the parent process, so it fires even while the worker's main thread is
+stuck in native code: at the latest at the per-check timeout (``hang.timeout``), sooner when a
+forward idles without progress (``hang_factor``, ``hang_floor_s``; ``llmcheck.isolation.watchdog``). A heartbeat
 (``ctx.progress``) goes out before every step with the phase, the step and how long the previous
 step took; when the watchdog fires, the ``timeout`` result carries that heartbeat and its age, so
 a slow step (recent heartbeat, long steps) reads differently from a stuck one (old heartbeat,

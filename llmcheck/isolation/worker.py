@@ -352,6 +352,7 @@ class WorkerProcess:
         self.kill()
         self.keeper.close()
         self.beat.close()
+        self.beat.path.unlink(missing_ok=True)
         for fd in (self._cmd, self._out):
             try:
                 os.close(fd)
