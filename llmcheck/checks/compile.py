@@ -43,9 +43,12 @@ def _graph_breaks(model, batch) -> dict:
     from llmcheck.target.source_lines import user_frame
 
     torch._dynamo.reset()
-    with torch.no_grad():
-        run = torch._dynamo.explain(model)
-        found = run(**batch) if isinstance(batch, dict) else run(batch)
+    try:
+        with torch.no_grad():
+            run = torch._dynamo.explain(model)
+            found = run(**batch) if isinstance(batch, dict) else run(batch)
+    finally:
+        torch._dynamo.reset()
     breaks = [
         {"reason": str(b.reason).strip().splitlines()[0][:300], "where": user_frame(b.user_stack)}
         for b in found.break_reasons
@@ -117,13 +120,15 @@ def _outputs(ctx, t, model, compiled, batch, p, counter, cudagraphs) -> dict:
     from llmcheck.target.tensors import model_dtype
 
     dtype, out = model_dtype(model), {"lengths": {}}
-    with torch.no_grad():
+    # With gradients to compare, run in grad mode: the graph compiled here then also serves the
+    # backward (a grad-mode switch would make dynamo compile the forward once more).
+    with torch.set_grad_enabled(p.gradients):
         ref = t.logits(t.forward(model, batch))
         start = time.perf_counter()
         got = _logits(t, compiled, batch, cudagraphs)
         out["compile_s"] = time.perf_counter() - start
         out["base"] = {**difference(got, ref), "tolerance": allowed(dtype, ref, p.tolerance_scale)}
-        guard_failures.clear()
+        guard_failures.clear()  # recompilations count from here: the lengths only
         first = len(counter.ids)
         for length in _lengths(t, p):
             ctx.progress(length=length)
@@ -154,39 +159,57 @@ def _gradients(t, model, compiled, batch, p, cudagraphs) -> dict:
     return {**found, "compile_s": time.perf_counter() - start}
 
 
-def measure(ctx, p) -> dict:
+def _compiled_runs(ctx, t, model, batch, p, out: dict) -> bool:
+    """Outputs, recompiles and gradients through ``torch.compile``; True when dynamo broke the
+    graph (or, under fullgraph, refused to compile), so that the breaks are worth locating."""
     import torch
+    from torch._dynamo.callback import callback_handler
+    from torch._dynamo.utils import counters
 
+    counter, cudagraphs = _Compiles(), out["mode"] == "reduce-overhead"
+    torch._dynamo.reset()
+    counters.clear()
+    callback_handler.register_start_callback(counter)
+    try:
+        options = {} if out["backend"] != "inductor" else {"mode": out["mode"]}
+        compiled = torch.compile(model, backend=out["backend"], fullgraph=p.fullgraph, **options)
+        ctx.progress(step="outputs")
+        try:
+            out["outputs"] = _outputs(ctx, t, model, compiled, batch, p, counter, cudagraphs)
+        except Exception as exc:
+            if p.fullgraph:  # a graph break refuses fullgraph compilation: explain locates it below
+                out["fullgraph_error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
+                return True
+            raise
+        if p.gradients:
+            ctx.progress(step="gradients")
+            out["gradients"] = _gradients(t, model, compiled, batch, p, cudagraphs)
+        return bool(counters["graph_break"] or counters["unimplemented"])
+    finally:
+        callback_handler.remove_start_callback(counter)
+        torch._dynamo.reset()  # the worker is reused: leave no compiled code or guards behind
+
+
+def measure(ctx, p) -> dict:
     from llmcheck.target.tensors import model_dtype
 
     t = ctx.target
     mode = (ctx.variant or variants(p)[0])["mode"]
     if mode == "reduce-overhead" and t.device.type != "cuda":
         raise Skip(f"mode='reduce-overhead' captures CUDA graphs and needs a CUDA device (device = {t.device})")
-    backend = _backend(p, t.device, mode)
     model, batch = t.build().eval(), t.batch()
-    out: dict[str, Any] = {"mode": mode, "backend": backend, "dtype": str(model_dtype(model)).split(".")[-1]}
-    ctx.progress(step="graph breaks")
-    start = time.perf_counter()
-    out.update(_graph_breaks(model, batch), explain_s=time.perf_counter() - start)
-    if p.fullgraph and out["breaks"]:
-        return out
-    counter = _Compiles()
-    from torch._dynamo.callback import callback_handler
-
-    torch._dynamo.reset()
-    callback_handler.register_start_callback(counter)
-    try:
-        options = {} if backend != "inductor" else {"mode": mode}
-        compiled = torch.compile(model, backend=backend, fullgraph=p.fullgraph, **options)
-        ctx.progress(step="outputs")
-        out["outputs"] = _outputs(ctx, t, model, compiled, batch, p, counter, mode == "reduce-overhead")
-        if p.gradients:
-            ctx.progress(step="gradients")
-            out["gradients"] = _gradients(t, model, compiled, batch, p, mode == "reduce-overhead")
-    finally:
-        callback_handler.remove_start_callback(counter)
-        torch._dynamo.reset()  # the worker is reused: leave no compiled code or guards behind
+    out: dict[str, Any] = {
+        "mode": mode,
+        "backend": _backend(p, t.device, mode),
+        "dtype": str(model_dtype(model)).split(".")[-1],
+        "breaks": [],
+    }
+    broke = _compiled_runs(ctx, t, model, batch, p, out)
+    if broke:  # explain traces the forward once more; a clean model does not pay for it
+        ctx.progress(step="graph breaks")
+        out.update(_graph_breaks(model, batch))
+        if out.get("fullgraph_error") and not out["breaks"]:
+            raise RuntimeError(f"torch.compile(fullgraph=True) failed without a graph break: {out['fullgraph_error']}")
     return out
 
 

@@ -1,0 +1,183 @@
+"""The ways a model is actually run: compile, export, attention kernels, gradient checkpointing and
+the static cache give what the eager model gives, and each check fails the bug it is for, naming
+the culprit (issue 18). Clean models: the example, tiny-config Hugging Face GPT-2 and Llama."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from equivalence_sources import (
+    BRANCH_TWICE,
+    CHECKPOINT_FORGETS_RNG,
+    CHECKPOINT_SWITCH_IGNORED,
+    CHECKPOINTED,
+    EAGER_IGNORES_PADDING,
+    HF_CLEAN,
+    PER_LENGTH_CACHE,
+    SKIPPED_WHEN_COMPILED,
+    STATIC_CACHE_POSITIONS,
+    SWITCHABLE_ATTENTION,
+)
+
+EXAMPLE = (Path(__file__).resolve().parents[1] / "examples" / "tiny_gpt.py").read_text()
+FIVE = "compile or export or attention or checkpointing or static-cache"
+
+
+def line_of(source: str, text: str) -> int:
+    """The 1-based line of ``text`` in the model file the fixture writes (dedented as written)."""
+    return next(i for i, line in enumerate(source.splitlines(), 1) if text in line)
+
+
+def results(run) -> dict[tuple[str, str], dict]:
+    return {(r["model"], r["id"].rsplit("::", 1)[-1]): r for r in run.report["results"]}
+
+
+def test_the_example_passes_compile_export_and_attention_and_says_why_the_others_do_not_apply(run_llmcheck):
+    found = results(run_llmcheck(EXAMPLE, "-k", f"tiny_gpt and not finetune and ({FIVE})"))
+    status = {item: r["status"] for (_, item), r in found.items()}
+    assert status == {
+        "compile[default]": "passed",
+        "compile[reduce-overhead]": "skipped",
+        "export": "passed",
+        "attention": "passed",
+        "checkpointing": "skipped",
+        "static-cache": "skipped",
+    }, found
+    compiled = found["tiny_gpt", "compile[default]"]["message"]
+    assert "backend aot_eager" in compiled and "0 graph break(s)" in compiled
+    assert "1 recompilation(s) across lengths [3, 12, 20, 29, 38, 47, 55, 64] (budget 1)" in compiled
+    assert "needs a CUDA device" in found["tiny_gpt", "compile[reduce-overhead]"]["message"]
+    assert "dynamic batch and seq <= 64" in found["tiny_gpt", "export"]["message"]
+    attention = found["tiny_gpt", "attention"]["message"]
+    assert "sdpa[math], sdpa[flash] agree" in attention and "float16 skipped" in attention
+    assert "no gradient checkpointing switch" in found["tiny_gpt", "checkpointing"]["message"]
+    assert "no Hugging Face generate()" in found["tiny_gpt", "static-cache"]["message"]
+
+
+def test_tiny_hugging_face_gpt2_and_llama_pass_all_five(run_llmcheck):
+    pytest.importorskip("transformers")
+    run = run_llmcheck(HF_CLEAN, "-k", f"({FIVE}) and not reduce", "--llmcheck-set", "compile.num_lengths=3")
+    found = results(run)
+    for model in ("gpt2", "llama"):
+        for item in ("compile[default]", "export", "attention", "checkpointing", "static-cache"):
+            assert found[model, item]["status"] == "passed", (model, item, found[model, item]["message"])
+        assert (
+            "eager, sdpa[math], sdpa[flash] agree at the real tokens with no, left, right padding"
+            in (found[model, "attention"]["message"])
+        )
+        assert "via gradient_checkpointing_enable()" in found[model, "checkpointing"]["message"]
+    # max_seq_len bounds the decoded length: 32 - 8 on GPT-2, the full 32 on Llama
+    assert "greedy decoding of 24 tokens" in found["gpt2", "static-cache"]["message"]
+    assert "greedy decoding of 32 tokens" in found["llama", "static-cache"]["message"]
+
+
+def test_a_data_dependent_branch_is_a_graph_break_at_its_line_fails_fullgraph_and_stops_export(run_llmcheck):
+    run = run_llmcheck(
+        BRANCH_TWICE,
+        "-k",
+        "(compile or export) and not reduce and not (tiny_fullgraph and export)",
+        "--llmcheck-set",
+        "compile.num_lengths=3",
+        "--llmcheck-set",
+        "compile.gradients=false",
+    )
+    found = results(run)
+    at = f"model.py:{line_of(BRANCH_TWICE, 'if x.sum() > 0')} in forward (if x.sum() > 0:"
+    compiled = found["tiny", "compile[default]"]
+    assert compiled["status"] == "passed"  # a break is not wrong, only slow: reported, judged under fullgraph
+    assert f"1 graph break(s): {at}" in compiled["message"]
+    assert "a Python branch on a tensor's value" in compiled["message"]
+    fullgraph = found["tiny_fullgraph", "compile[default]"]
+    assert fullgraph["status"] == "failed" and fullgraph["message"].startswith(f"fullgraph: 1 graph break(s): {at}")
+    exported = found["tiny", "export"]
+    assert exported["status"] == "failed"
+    assert f"fails at {at}" in exported["message"] and "data-dependent" in exported["message"]
+
+
+def test_a_step_skipped_under_compilation_fails_on_outputs_and_gradients(run_llmcheck):
+    found = results(
+        run_llmcheck(SKIPPED_WHEN_COMPILED, "-k", "compile and not reduce", "--llmcheck-set", "compile.num_lengths=3")
+    )
+    r = found["tiny", "compile[default]"]
+    assert r["status"] == "failed"
+    assert "compiled logits differ from eager at 4 of 4 sequence lengths (first: the run's batch" in r["message"]
+    assert "parameters' compiled gradients differ from eager" in r["message"]
+
+
+def test_a_python_cache_keyed_by_length_recompiles_at_every_length_over_the_budget(run_llmcheck):
+    found = results(
+        run_llmcheck(
+            PER_LENGTH_CACHE,
+            "-k",
+            "compile and not reduce",
+            "--llmcheck-set",
+            "compile.num_lengths=4",
+            "--llmcheck-set",
+            "compile.gradients=false",
+        )
+    )
+    r = found["tiny", "compile[default]"]
+    assert r["status"] == "failed", r["message"]
+    assert "4 recompilations of one frame across sequence lengths [3, 13, 22, 32] > budget 1" in r["message"]
+    assert f"model.py:{line_of(PER_LENGTH_CACHE, 'def forward(self, idx)')} in forward" in r["message"]
+    assert "size mismatch at index 1" in r["message"]
+
+
+def test_an_eager_path_that_drops_the_padding_mask_fails_attention_naming_implementations_and_position(
+    run_llmcheck,
+):
+    bad = results(run_llmcheck(EAGER_IGNORES_PADDING, "-k", "attention"))["switchable", "attention"]
+    assert bad["status"] == "failed"
+    # sample 0 carries 4 left pads: its first real token, position 4, already sees them under eager
+    assert "left padding, float32: eager and sdpa[math], sdpa[flash] disagree; worst" in bad["message"]
+    assert "at sample 0, position 4" in bad["message"]
+    assert "under eager the real tokens' outputs change when the pad tokens change" in bad["message"]
+    assert "right padding" not in bad["message"]  # causal attention never reaches pads on the right
+    good = results(run_llmcheck(SWITCHABLE_ATTENTION, "-k", "attention"))["switchable", "attention"]
+    assert good["status"] == "passed", good["message"]
+    assert "eager, sdpa[math], sdpa[flash] agree at the real tokens with no, left, right padding" in good["message"]
+
+
+BAG_OF_WORDS = """
+
+@llmcheck.model(causal=True, vocab_size=V, max_seq_len=T)
+def bag_of_words():  # no attention and no checkpointing switch
+    return nn.Sequential(nn.Embedding(V, D), nn.Linear(D, V))
+"""
+
+
+def test_checkpointing_recomputes_blocks_with_equal_gradients_and_skips_models_without_a_switch(run_llmcheck):
+    found = results(run_llmcheck(CHECKPOINTED + BAG_OF_WORDS, "-k", "checkpointing or attention"))
+    r = found["tiny", "checkpointing"]
+    assert r["status"] == "passed", r["message"]
+    assert "via gradient_checkpointing = True on <root>" in r["message"]
+    assert "re-ran during backward (in blocks)" in r["message"]
+    assert "the same 23 parameters get non-zero gradients" in r["message"]
+    assert found["bag_of_words", "checkpointing"]["status"] == "skipped"
+    assert "no gradient checkpointing switch" in found["bag_of_words", "checkpointing"]["message"]
+    assert found["bag_of_words", "attention"]["status"] == "skipped"
+    assert "no switchable attention" in found["bag_of_words", "attention"]["message"]
+
+
+def test_a_checkpointed_block_that_redraws_dropout_fails_naming_the_dropout(run_llmcheck):
+    r = results(run_llmcheck(CHECKPOINT_FORGETS_RNG, "-k", "checkpointing"))["tiny", "checkpointing"]
+    assert r["status"] == "failed"
+    assert "gradients differ from those without checkpointing; worst blocks." in r["message"]
+    assert "the recomputed forward draws dropout (blocks.0.drop, blocks.1.drop)" in r["message"]
+    assert "preserve_rng_state=True" in r["message"]
+
+
+def test_a_checkpointing_switch_the_forward_never_reads_fails(run_llmcheck):
+    r = results(run_llmcheck(CHECKPOINT_SWITCH_IGNORED, "-k", "checkpointing"))["tiny", "checkpointing"]
+    assert r["status"] == "failed"
+    assert "recomputed nothing: no module's forward ran again during backward" in r["message"]
+
+
+def test_positions_read_from_the_cache_tensors_fail_the_static_cache(run_llmcheck):
+    pytest.importorskip("transformers")
+    r = results(run_llmcheck(STATIC_CACHE_POSITIONS, "-k", "static-cache"))
+    r = r["llama_positions_from_cache_tensors", "static-cache"]
+    assert r["status"] == "failed"
+    assert "plain prompt: static-cache logits differ from the dynamic cache's at step" in r["message"]
+    assert "left-padded prompt" in r["message"]
