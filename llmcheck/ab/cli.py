@@ -32,8 +32,9 @@ def add_parser(sub) -> None:
     a = sub.add_parser(
         "ab",
         help="A/B benchmark two versions of a model, interleaved; exit 1 on a regression",
-        description="Measure BASE and HEAD in alternating fresh worker processes and judge the ratio "
-        "HEAD/BASE per configuration. BASE and HEAD are model files, model folders or "
+        description="Measure BASE and HEAD in alternating turns of a pair of worker processes (a fresh pair "
+        "every --ab-recycle rounds) and judge the ratio HEAD/BASE per configuration over the process pairs. "
+        "BASE and HEAD are model files, model folders or "
         "git:REF:path (checked out into a temporary worktree).",
     )
     a.add_argument("base", help="the baseline: model file, folder, or git:REF:path")
