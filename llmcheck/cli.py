@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 from llmcheck.reports.compare import CompareError, Rules, Threshold
 from llmcheck.reports.json_report import ReportError
+from llmcheck.reports.plain import printable
 from llmcheck.settings import fraction
 
 CONFIG_KEYS = {
@@ -32,7 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except (ReportError, CompareError) as exc:
-        print(f"llmcheck {args.command}: {exc}", file=sys.stderr)
+        print(printable(f"llmcheck {args.command}: {exc}").replace("\n", " "), file=sys.stderr)
+        return 2
+    except (TypeError, KeyError, AttributeError, ValueError, RecursionError) as exc:
+        if args.command not in ("compare", "report"):
+            raise
+        # A report that passed validation but still holds what the renderers cannot read: exit 2
+        # ("cannot judge"), never 1 ("regression"), and one line rather than a traceback.
+        files = " and ".join(str(getattr(args, k)) for k in ("base", "head", "run_json") if hasattr(args, k))
+        print(printable(f"llmcheck {args.command}: cannot read {files}: {type(exc).__name__}: {exc}"), file=sys.stderr)
         return 2
     except BrokenPipeError:  # `llmcheck checks | head`: the reader left, which is fine
         sys.stderr.close()
@@ -64,11 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--allow-env-mismatch", action="store_true", help="compare reports from different torch/CUDA/device")
     c.add_argument("--config", type=Path, help="pyproject.toml with [tool.llmcheck.compare] (default: nearest one)")
+    c.add_argument("--allow-unsigned", action="store_true", help="accept reports without their content digest")
     c.set_defaults(run=_compare)
     r = sub.add_parser("report", help="re-render a JSON report")
     r.add_argument("run_json", metavar="RUN.json")
     r.add_argument("--html", metavar="OUT.html", help="write the HTML report")
     r.add_argument("--markdown", nargs="?", const="-", metavar="PATH", help="write a Markdown summary")
+    r.add_argument("--allow-unsigned", action="store_true", help="accept a report without its content digest")
     r.set_defaults(run=_report)
     k = sub.add_parser("checks", help="list the registered checks and their parameters")
     k.add_argument("name", nargs="?", metavar="NAME", help="only this check")
@@ -109,14 +121,15 @@ def _compare(args) -> int:
     from llmcheck.reports import compare, json_report, markdown
 
     rules = load_rules(args.config or _nearest_pyproject(), args)
-    base, head = json_report.read(args.base), json_report.read(args.head)
+    base = json_report.read(args.base, allow_unsigned=args.allow_unsigned)
+    head = json_report.read(args.head, allow_unsigned=args.allow_unsigned)
     result = compare.compare(base, head, rules)
     if args.json:
         _emit(args.json, json.dumps(result, indent=1, allow_nan=False) + "\n")
     if args.markdown:
         _emit(args.markdown, markdown.comparison(result))
     if "-" not in (args.json, args.markdown):
-        sys.stdout.write(table(result))
+        sys.stdout.write(printable(table(result)))
     return 1 if result["regressions"] else 0
 
 
@@ -192,12 +205,13 @@ def _short(value: Any) -> str:
 def _report(args) -> int:
     from llmcheck.reports import html, json_report, markdown
 
-    document = json_report.read(args.run_json)
+    document = json_report.read(args.run_json, allow_unsigned=args.allow_unsigned)
     if not args.html and not args.markdown:
         print("llmcheck report: nothing to do; pass --html OUT.html and/or --markdown [PATH]", file=sys.stderr)
         return 2
     if args.html:
-        path = html.write(args.html, document, source=Path(args.run_json).name)
+        links = os.path.relpath(Path(args.run_json).resolve().parent, Path(args.html).resolve().parent)
+        path = html.write(args.html, document, source=Path(args.run_json).name, links_from=links)
         print(f"llmcheck: HTML report written to {path}", file=sys.stderr)
     if args.markdown:
         _emit(args.markdown, markdown.run(document))

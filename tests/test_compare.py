@@ -87,7 +87,7 @@ def test_a_different_schema_major_is_refused(tmp_path):
     path.write_text(json.dumps(doc))
     with pytest.raises(ReportError, match="schema version 2.0; this llmcheck reads 1.x"):
         json_report.read(path)
-    with pytest.raises(CompareError, match="schema versions differ: BASE 1.0, HEAD 2.0"):
+    with pytest.raises(CompareError, match=f"schema versions differ: BASE {json_report.SCHEMA_VERSION}, HEAD 2.0"):
         compare.compare(document([record("checkpoint")]), doc)
 
 

@@ -41,7 +41,7 @@ def assert_inert(page) -> None:
 
 @needs_chromium
 def test_a_real_run_renders_a_report_chromium_opens_with_no_console_errors(run_llmcheck, pytester, tmp_path):
-    result = run_llmcheck(HOSTILE, "-k", "checkpoint", "--llmcheck-html", "report.html")
+    result = run_llmcheck(HOSTILE, "-k", "checkpoint and not checkpointing", "--llmcheck-html", "report.html")
     assert {r["model"]: r["status"] for r in result.report["results"]} == {HOSTILE_NAME: "passed", "broken": "error"}
     page = open_page(pytester.path / "report.html", tmp_path)
     assert_inert(page)

@@ -34,7 +34,7 @@ def test_the_summary_is_a_families_by_status_table_with_the_slowest_checks():
 
 def test_a_run_ends_with_the_summary_and_the_report_paths(run_llmcheck):
     result = run_llmcheck(
-        SLOW_FACTORY, "-k", "checkpoint", "--llmcheck-html", "out/report.html", "-o", "llmcheck_progress=0.5"
+        SLOW_FACTORY, "-k", "checkpoint and not checkpointing", "--llmcheck-html", "out/report.html", "-o", "llmcheck_progress=0.5"
     )
     result.stdout.fnmatch_lines(
         [
@@ -61,6 +61,6 @@ def test_a_progress_line_names_the_check_and_its_last_heartbeat(pytestconfig):
 
 
 def test_a_bad_progress_setting_is_a_usage_error(run_llmcheck):
-    result = run_llmcheck(CLEAN, "-k", "checkpoint", "-o", "llmcheck_progress=soon")
+    result = run_llmcheck(CLEAN, "-k", "checkpoint and not checkpointing", "-o", "llmcheck_progress=soon")
     result.stderr.fnmatch_lines(["*llmcheck_progress = 'soon': expected seconds*"])
     assert result.ret == 4

@@ -17,6 +17,7 @@ from llmcheck.isolation.processes import spread_over_processes
 from llmcheck.isolation.worker import WorkerFailure, run_message
 from llmcheck.plugins.state import STATE_KEY, State, model_layers
 from llmcheck.registry import Check, variant_id
+from llmcheck.reports.plain import printable
 from llmcheck.results import FAILING, LlmcheckAdvisory, Result
 from llmcheck.settings import SettingsError, resolve
 
@@ -35,7 +36,7 @@ class CheckFailed(Exception):
     """Raised by an item whose check did not pass; carries the result for ``repr_failure``."""
 
     def __init__(self, result: Result):
-        super().__init__(result.message)
+        super().__init__(printable(result.message))
         self.result = result
 
 
@@ -62,7 +63,7 @@ class ModelFile(pytest.File):
         models = reply["models"]
         state.pool.adopt(key, (str(self.path), models[0]["name"]))
         for info in models:
-            yield ModelNode.from_parent(self, name=info["name"], info=info)
+            yield ModelNode.from_parent(self, name=printable(info["name"]), info=info)
 
 
 class ModelDir(pytest.Directory):
@@ -159,7 +160,7 @@ class CheckItem(pytest.Item):
         if isinstance(excinfo.value, CheckFailed):
             result = excinfo.value.result
             text = f"[{result.status}] {result.message}"
-            return text + (f"\n\n{result.trace.rstrip()}" if result.trace else "")
+            return printable(text + (f"\n\n{result.trace.rstrip()}" if result.trace else ""))
         return super().repr_failure(excinfo)
 
     def reportinfo(self):

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import os
 import platform
+import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ from typing import Any
 import pytest
 
 from llmcheck.reports import json_report
+from llmcheck.reports.plain import printable
 from llmcheck.results import STATUSES
 
 RECORD_ATTR = "llmcheck"  # attribute on TestReport; pytest serialises extra attributes for xdist
@@ -45,6 +50,18 @@ def git_commit(root: Path) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+REPORT_ELSEWHERE = 6  # exit status when every item passed but the JSON report went to the fallback path
+
+
+class LlmcheckReportWarning(UserWarning):
+    """The JSON report could not be written where asked and went to a fallback path."""
+
+
+def _file_name(text: str) -> str:
+    """``text`` as one safe path component (item ids hold ``::``, brackets and slashes)."""
+    return re.sub(r"[^\w.=-]+", "_", text).strip("._")[:120] or "item"
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, turned into pytest's interrupt path so the reports are written and workers killed."""
 
@@ -60,6 +77,8 @@ class ReportWriter:
         self.written: Path | None = None
         self.html_written: Path | None = None
         self.html_error: str | None = None
+        self.json_error: str | None = None  # why the report is not where it was asked for
+        self.fallback: Path | None = None  # where it went instead
         self._static_env: dict[str, Any] | None = None
         self._previous_sigterm = None
 
@@ -91,6 +110,7 @@ class ReportWriter:
             self.worker_env = env
         # setup, call and teardown may each carry one; the last decisive one wins (call, or a setup error)
         if report.when == "call" or record["id"] not in self.records:
+            self.keep_artifacts(record)
             self.records[record["id"]] = record
         return True
 
@@ -116,17 +136,67 @@ class ReportWriter:
             interrupted,
         )
 
-    def write(self, interrupted: bool = False, html: bool = False) -> Path:
+    def write(self, interrupted: bool = False, html: bool = False) -> Path | None:
+        """Write the JSON (and with ``html`` the page). A JSON that cannot be written where asked
+        (read-only folder, full disk) goes to a fallback file in the temp folder; nothing here may
+        escape into pytest, which would abort the session after the first item."""
         document = self.document(interrupted)
-        self.written = json_report.write(self.json_path, document)
+        self.written = self._write_json(document)
         if html and self.html_path:
             from llmcheck.reports import html as html_report
 
             try:
-                self.html_written = html_report.write(self.html_path, document, source=self.json_path.name)
+                links = os.path.relpath(self.json_path.parent, self.html_path.parent)
+                self.html_written = html_report.write(
+                    self.html_path, document, source=self.json_path.name, links_from=links
+                )
             except Exception as exc:  # the JSON is safe; say why the page is missing instead of failing the run
                 self.html_error = f"{type(exc).__name__}: {exc}"
         return self.written
+
+    def _write_json(self, document: dict[str, Any]) -> Path | None:
+        if self.fallback is None:
+            try:
+                return json_report.write(self.json_path, document)
+            except Exception as exc:
+                self.json_error = f"{type(exc).__name__}: {exc}"
+                self.fallback = Path(tempfile.gettempdir()) / f"llmcheck-report-{os.getpid()}-{int(self.started)}.json"
+                warnings.warn(
+                    LlmcheckReportWarning(
+                        f"llmcheck could not write its JSON report to {self.json_path} ({self.json_error}); "
+                        f"writing it to {self.fallback} instead"
+                    ),
+                    stacklevel=1,
+                )
+        try:
+            return json_report.write(self.fallback, document)
+        except Exception as exc:
+            self.json_error += f"; the fallback {self.fallback} failed too: {type(exc).__name__}: {exc}"
+            return None
+
+    def keep_artifacts(self, record: dict[str, Any]) -> None:
+        """Copy the files a record points to next to the report (``<report>.artifacts/<item>/``) and
+        point the record at the copies, relative to the report: the session's temp folder, where
+        checks write them, is deleted when the session ends."""
+        artifacts = record.get("artifacts") or {}
+        if not artifacts:
+            return
+        folder = self.json_path.with_name(self.json_path.name + ".artifacts") / _file_name(record["id"])
+        kept = {}
+        for name, source in artifacts.items():
+            source = Path(source)
+            target = folder / _file_name(source.name)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                if source.is_dir():
+                    shutil.copytree(source, target, dirs_exist_ok=True)
+                else:
+                    shutil.copy2(source, target)
+                kept[name] = os.path.relpath(target, self.json_path.parent)
+            except OSError as exc:
+                kept[name] = str(source)
+                record.setdefault("artifact_errors", {})[name] = f"not copied: {type(exc).__name__}: {exc}"
+        record["artifacts"] = kept
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -136,15 +206,22 @@ class ReportWriter:
     @pytest.hookimpl
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self.write(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED, html=True)
+        if self.json_error and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = REPORT_ELSEWHERE  # every check passed, but the report is not where CI looks
 
     @pytest.hookimpl
     def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self.json_error:
+            where = f"written to {self.fallback} instead" if self.written else "not written anywhere"
+            terminalreporter.write_line(
+                f"llmcheck JSON report NOT written to {self.json_path} ({self.json_error}): {where}", red=True
+            )
         if self.written is None:
             return
         title, *lines = summary_lines(list(self.records.values()))
-        terminalreporter.write_sep("-", title)
-        for line in lines:
-            terminalreporter.write_line(line)
+        terminalreporter.write_sep("-", printable(title))
+        for line in lines:  # model names, messages and fault frames come from model code
+            terminalreporter.write_line(printable(line))
         terminalreporter.write_line(f"llmcheck JSON report: {os.path.relpath(self.written)}")
         if self.html_written:
             terminalreporter.write_line(f"llmcheck HTML report: {os.path.relpath(self.html_written)}")

@@ -36,10 +36,13 @@ MAX_TEXT = 20_000  # messages, traces, captured output
 MAX_CELL = 400  # one metric value in the table
 
 
-def render(document: dict[str, Any], source: str = "the run") -> str:
-    """The HTML page for one run document (as built by json_report.build or read back)."""
+def render(document: dict[str, Any], source: str = "the run", links_from: str | None = None) -> str:
+    """The HTML page for one run document (as built by json_report.build or read back).
+
+    ``links_from``: the JSON report's folder relative to the page's; artifacts the report keeps next
+    to itself (relative paths) become links. None: artifacts are shown as text only."""
     records = document.get("results", [])
-    models, chart_css = _models(records)
+    models, chart_css = _models(records, links_from)
     return pages.render(
         "report.html.j2",
         "\n" + "\n".join(dict.fromkeys(chart_css)) + ab_html.EXTRA_CSS,
@@ -52,9 +55,11 @@ def render(document: dict[str, Any], source: str = "the run") -> str:
     )
 
 
-def write(path: str | os.PathLike, document: dict[str, Any], source: str = "the run") -> Path:
+def write(
+    path: str | os.PathLike, document: dict[str, Any], source: str = "the run", links_from: str | None = None
+) -> Path:
     """Render and write atomically (temp file, fsync, ``os.replace``): a reader never sees half a page."""
-    return atomic_write_text(Path(path), render(document, source))
+    return atomic_write_text(Path(path), render(document, source, links_from))
 
 
 def _run(doc: dict[str, Any]) -> dict[str, Any]:
@@ -75,14 +80,14 @@ def _run(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _models(records: list[dict]) -> tuple[list[dict], list[str]]:
+def _models(records: list[dict], links_from: str | None = None) -> tuple[list[dict], list[str]]:
     """Records grouped by (file, model) in run order, each turned into its view; plus the charts' CSS."""
     models: dict[tuple, dict] = {}
     raw: dict[tuple, list[dict]] = {}
     for i, r in enumerate(records):
         key = (str(r.get("file", "")), str(r.get("model", "?")))
         model = models.setdefault(key, {"name": key[1], "file": key[0], "records": []})
-        model["records"].append(_record(r, f"r{i}"))
+        model["records"].append(_record(r, f"r{i}", links_from))
         raw.setdefault(key, []).append(r)
     for key, model in models.items():
         model["charts"] = _safe(charts_across(raw[key]))
@@ -96,7 +101,16 @@ def _safe(charts: list[Chart]) -> list[Chart]:
     return charts
 
 
-def _record(r: dict[str, Any], anchor: str) -> dict[str, Any]:
+def _link(path: str, links_from: str | None) -> str | None:
+    """A relative href for an artifact kept next to the report; None for absolute or odd paths."""
+    if links_from is None or not isinstance(path, str) or os.path.isabs(path) or ".." in Path(path).parts:
+        return None
+    if ":" in path or "\\" in path:  # no scheme (javascript:, data:), no Windows drive or separator
+        return None
+    return Path(links_from, path).as_posix() if links_from != "." else Path(path).as_posix()
+
+
+def _record(r: dict[str, Any], anchor: str, links_from: str | None = None) -> dict[str, Any]:
     metrics = list(_flatten(r["metrics"])) if r.get("metrics") else []
     charts = _safe(charts_for(r))
     return {
@@ -115,7 +129,7 @@ def _record(r: dict[str, Any], anchor: str) -> dict[str, Any]:
         "metrics": metrics[:MAX_METRIC_ROWS],
         "metrics_hidden": max(0, len(metrics) - MAX_METRIC_ROWS),
         "samples": [_sample_row(k, v) for k, v in (r.get("samples") or {}).items() if isinstance(v, list) and v],
-        "artifacts": sorted((r.get("artifacts") or {}).items()),
+        "artifacts": [(n, p, _link(p, links_from)) for n, p in sorted((r.get("artifacts") or {}).items())],
         "trace": _clip(r.get("trace", "")),
         "output": _clip(r.get("output", "")),
         "ab": ab_html.record_view(r),  # pytest --llmcheck-ab-base: the A/B verdict and ratio plot

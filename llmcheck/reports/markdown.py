@@ -1,11 +1,15 @@
 """Markdown for pull-request comments and ``$GITHUB_STEP_SUMMARY``: a comparison, or one run's summary.
 
 Every user-controlled string is escaped for a GitHub table cell: HTML-significant characters become
-entities (GitHub would otherwise render tags) and Markdown punctuation is backslash-escaped.
+entities (GitHub would otherwise render tags), Markdown punctuation is backslash-escaped, and what
+GitHub would turn into a notification or a link is broken with a word joiner (U+2060): ``@user``
+mentions, bare ``https://`` / ``www.`` autolinks and e-mail addresses. Text inside a code span
+cannot be escaped (backslashes are literal there), so `code` drops backticks instead.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from llmcheck.results import FAILING, STATUSES
@@ -23,13 +27,30 @@ ICONS = {
 MAX_ROWS = 50
 
 
+JOINER = "\u2060"  # word joiner: invisible, and no mention or autolink spans it
+MENTION = re.compile(r"@(?=[\w-])")
+AUTOLINK = re.compile(r"(?i)\b(https?|ftp)://|\bwww\.")
+
+
 def cell(value: Any) -> str:
-    """``value`` as text that stays text inside a GitHub Markdown table cell."""
+    """``value`` as text that stays text inside a GitHub Markdown table cell: no tags, no Markdown,
+    no @mentions, no autolinks, on one line."""
     text = "" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     for ch in "\\`*_[]|#~":
         text = text.replace(ch, "\\" + ch)
-    return " ".join(text.split())
+    return " ".join(_inert(text).split())
+
+
+def code(value: Any) -> str:
+    """``value`` as an inline code span that cannot be closed early: backticks and line breaks removed."""
+    text = " ".join(str(value).replace("`", "").split())
+    return f"`{text}`" if text else ""
+
+
+def _inert(text: str) -> str:
+    text = MENTION.sub("@" + JOINER, text)
+    return AUTOLINK.sub(lambda m: m.group(0).replace(":", ":" + JOINER).replace(".", JOINER + "."), text)
 
 
 def comparison(result: dict[str, Any]) -> str:
@@ -64,7 +85,7 @@ def comparison(result: dict[str, Any]) -> str:
 
 def _sides(result: dict[str, Any]) -> str:
     def side(name, s):
-        commit = f" `{cell(s['commit'])[:12]}`" if s.get("commit") else ""
+        commit = f" {code(str(s['commit'])[:12])}" if s.get("commit") else ""
         return f"{name}{commit} ({s['items']} checks{', interrupted' if s.get('interrupted') else ''})"
 
     rules = result["rules"]
