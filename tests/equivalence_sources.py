@@ -14,13 +14,15 @@ BRANCH = variant(
     FORWARD_HEAD + "        if x.sum() > 0:  # data-dependent branch\n            x = x * 1.0\n",
 )
 
-# Two models of one file: the branch is reported by default and fails under fullgraph.
+# Two models of one file: the branch is advisory by default, and fails a model declared to compile
+# with fullgraph and to be exported.
+GATED = '{"compile": {"fullgraph": True}, "export": {"required": True}}'
 BRANCH_TWICE = (
     BRANCH
-    + """
+    + f"""
 
-@llmcheck.model(causal=True, vocab_size=V, max_seq_len=T, checks={"compile": {"fullgraph": True}})
-def tiny_fullgraph():
+@llmcheck.model(causal=True, vocab_size=V, max_seq_len=T, checks={GATED})
+def tiny_gated():
     return TinyLM()
 """
 )

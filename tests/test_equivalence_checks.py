@@ -57,7 +57,9 @@ def test_the_example_passes_compile_export_and_attention_and_says_why_the_others
 
 def test_tiny_hugging_face_gpt2_and_llama_pass_all_five(run_llmcheck):
     pytest.importorskip("transformers")
-    run = run_llmcheck(HF_CLEAN, "-k", f"({FIVE}) and not reduce", "--llmcheck-set", "compile.num_lengths=3")
+    # compile's gradients on these two are left to the false-alarm benchmark: they double its cost here
+    settings = ("--llmcheck-set", "compile.num_lengths=3", "--llmcheck-set", "compile.gradients=false")
+    run = run_llmcheck(HF_CLEAN, "-k", f"({FIVE}) and not reduce", *settings)
     found = results(run)
     for model in ("gpt2", "llama"):
         for item in ("compile[default]", "export", "attention", "checkpointing", "static-cache"):
@@ -72,27 +74,25 @@ def test_tiny_hugging_face_gpt2_and_llama_pass_all_five(run_llmcheck):
     assert "greedy decoding of 32 tokens" in found["llama", "static-cache"]["message"]
 
 
-def test_a_data_dependent_branch_is_a_graph_break_at_its_line_fails_fullgraph_and_stops_export(run_llmcheck):
-    run = run_llmcheck(
-        BRANCH_TWICE,
-        "-k",
-        "(compile or export) and not reduce and not (tiny_fullgraph and export)",
-        "--llmcheck-set",
-        "compile.num_lengths=3",
-        "--llmcheck-set",
-        "compile.gradients=false",
-    )
-    found = results(run)
+def test_a_data_dependent_branch_is_a_graph_break_and_an_export_failure_at_its_line(run_llmcheck):
+    settings = ("--llmcheck-set", "compile.num_lengths=3", "--llmcheck-set", "compile.gradients=false")
+    found = results(run_llmcheck(BRANCH_TWICE, "-k", "(compile or export) and not reduce", *settings))
     at = f"model.py:{line_of(BRANCH_TWICE, 'if x.sum() > 0')} in forward (if x.sum() > 0:"
+    # by default both are what-ifs: reported with the line, advisory, not failures
     compiled = found["tiny", "compile[default]"]
-    assert compiled["status"] == "passed"  # a break is not wrong, only slow: reported, judged under fullgraph
+    assert compiled["status"] == "passed"  # a break costs speed, not correctness
     assert f"1 graph break(s): {at}" in compiled["message"]
     assert "a Python branch on a tensor's value" in compiled["message"]
-    fullgraph = found["tiny_fullgraph", "compile[default]"]
-    assert fullgraph["status"] == "failed" and fullgraph["message"].startswith(f"fullgraph: 1 graph break(s): {at}")
+    assert compiled["advisory"] and at in compiled["advisory"][0]
     exported = found["tiny", "export"]
-    assert exported["status"] == "failed"
-    assert f"fails at {at}" in exported["message"] and "data-dependent" in exported["message"]
+    assert exported["status"] == "passed" and exported["message"].startswith("advisory, not gated")
+    assert f"fails at {at}" in exported["advisory"][0] and "data-dependent" in exported["advisory"][0]
+    # declared to compile with fullgraph and to be exported: the same findings fail
+    fullgraph = found["tiny_gated", "compile[default]"]
+    assert fullgraph["status"] == "failed" and fullgraph["message"].startswith(f"fullgraph: 1 graph break(s): {at}")
+    required = found["tiny_gated", "export"]
+    assert required["status"] == "failed"
+    assert f"fails at {at}" in required["message"] and "static shapes fail too" in required["message"]
 
 
 def test_a_step_skipped_under_compilation_fails_on_outputs_and_gradients(run_llmcheck):

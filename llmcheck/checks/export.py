@@ -6,7 +6,10 @@ Every input tensor shaped like the batch gets ``Dim("batch")`` on its first dime
 shape and at another batch size and length; its logits must equal eager's within assert_close's
 tolerance for the dtype (`llmcheck.target.closeness`). When export fails, the message names the
 first unsupported construct with its line in the model's code (a Python branch on a tensor's
-value, a dimension the code pins to one size) and says whether static shapes would export.
+value, a dimension the code pins to one size) and says whether static shapes would export. That
+finding fails the item only for a model meant to be exported (``required``); otherwise it is
+advisory, like every what-if the model file did not opt into. A program that exports but computes
+other outputs than eager always fails.
 """
 
 from __future__ import annotations
@@ -135,11 +138,14 @@ def judge(m: dict, p) -> Verdict:
             if m["static"] == "exports"
             else f"static shapes fail too ({m['static']['error']} at {where(m['static']['where'])})"
         )
-        return Verdict(
-            "failed",
+        text = (
             f"torch.export ({mode}, dynamic batch and seq <= {m['max_seq_len']}) fails at {where(f['where'])}: "
-            f"{f['error']}: {f['message']}; {static}",
+            f"{f['error']}: {f['message']}; {static}"
         )
+        if p.required:
+            return Verdict("failed", text)
+        # A model not declared to be exported: a what-if, reported with its line, never a failure (DESIGN §2).
+        return Verdict("passed", f"advisory, not gated (set export.required = true to gate it): {text}", (text,))
     bad = [r for r in m["runs"] if r["max_abs_diff"] > r["tolerance"]]
     if bad:
         r = bad[0]
@@ -165,6 +171,9 @@ CHECK = Check(
     measure=measure,
     judge=judge,
     params={
+        "required": Param(
+            bool, False, "the model is meant to be exported: a failed capture fails the item (else it is advisory)"
+        ),
         "strict": Param(bool, False, "export with strict=True (TorchDynamo tracing) instead of torch's default"),
         "tolerance_scale": Param(
             float, 1.0, "multiplies the dtype's tolerance (assert_close's atol + rtol * max |eager|)", minimum=0
