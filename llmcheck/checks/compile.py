@@ -1,15 +1,15 @@
 """compile: ``torch.compile(model)`` gives eager's outputs and gradients, without surprises in graphs.
 
-Four measurements on one model in eval mode (dropout off: compiled code draws other random
-numbers): graph breaks from ``torch._dynamo.explain``, each with its reason and the model line
-that caused it; the compiled logits against eager's at the run's batch; recompilations while the
-sequence length takes ``num_lengths`` values (a clean model compiles once more, with a dynamic
-length, and then never again), with dynamo's guard failure as the reason; and every parameter's
-gradient of the loss through the compiled model against eager's. Catches code that behaves
-differently under compilation (a branch on ``torch.compiler.is_compiling()`` that drops a mask),
-Python state that specialises the graph on each length, and graph breaks (a failure with
-``fullgraph``). Compile time is reported. Tolerances are assert_close's per dtype
-(`llmcheck.target.closeness`).
+One model in eval mode (dropout off: compiled code draws other random numbers), compiled once and
+run in grad mode so that one graph serves everything: the compiled logits against eager's at the
+run's batch; recompilations while the sequence length takes ``num_lengths`` values (a clean model
+compiles once more, with a dynamic length, and then never again), with dynamo's guard failure as
+the reason; every parameter's gradient of the loss through the compiled model against eager's;
+and, only when dynamo broke the graph, ``torch._dynamo.explain`` for each break's reason and model
+line. Catches code that behaves differently under compilation (a step skipped when
+``torch.compiler.is_compiling()``), Python state that specialises the graph on each length, and
+graph breaks (advisory; a failure with ``fullgraph``). Compile time is reported. Tolerances are
+assert_close's per dtype (`llmcheck.target.closeness`).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def _lengths(t, p) -> list[int]:
     top = t.traits.max_seq_len or 2 * sl
     n = p.num_lengths
     found = sorted({round(3 + (top - 3) * i / max(n - 1, 1)) for i in range(n)} - {bs, sl})
-    return [n for n in found if 3 <= n <= top]
+    return [length for length in found if 3 <= length <= top]
 
 
 def _logits(t, fn, batch, cudagraphs: bool):
