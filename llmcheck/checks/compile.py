@@ -95,10 +95,11 @@ def _recompile_reasons() -> list[dict]:
 
 
 def _lengths(t, p) -> list[int]:
-    """``num_lengths`` sequence lengths from 3 up to max_seq_len (else twice the run's length);
-    none equal to the batch size, whose equal value dynamo would tie to the length."""
+    """``num_lengths`` sequence lengths from 3 up to max_seq_len (else twice the run's length), at
+    most four times the run's length (a real model's 2048 positions would cost more than they
+    tell); none equal to the batch size, whose equal value dynamo would tie to the length."""
     bs, sl = t.shape()
-    top = t.traits.max_seq_len or 2 * sl
+    top = min(t.traits.max_seq_len or 2 * sl, 4 * sl)
     n = p.num_lengths
     found = sorted({round(3 + (top - 3) * i / max(n - 1, 1)) for i in range(n)} - {bs, sl})
     return [length for length in found if 3 <= length <= top]
