@@ -1,6 +1,6 @@
 """False alarms of the default suite on clean models: every check, many seeds, an upper bound each.
 
-    python benchmarks/false_alarms.py                  # every check to >= 100 runs (hours on 2 cores)
+    python benchmarks/false_alarms.py                  # every check to >= 100 runs: about ten seeds of everything
     python benchmarks/false_alarms.py --quick          # seed 0 of everything: does anything fire?
     python benchmarks/false_alarms.py --seeds 2 --models gpt2,nanogpt --checks causal,fuzz --jobs 2
 
@@ -14,8 +14,12 @@ Each run is one ``python -m pytest --llmcheck TARGET --llmcheck-set seed=N`` sub
 runs it; its JSON report and output are kept under --out. Without --seeds the plan adapts: seed 0
 runs everything, then each check gets as many more seeds, on the models where it ran, as it needs
 for --min-runs runs in all (a check that runs on 2 models gets 50 seeds, one on 10 models 10).
+One seed of everything took 73 min of sessions (MiniLM not counted) on 2 shared cores under a load
+of 8-15, so the full plan is a job for many hours; --jobs, --first-seed and --resume split it up.
 A run killed by --run-timeout, or a session that dies, counts its unreported items as alarms
-(``run-timeout`` / ``lost``); a target that cannot be collected is reported and left out.
+(``run-timeout`` / ``lost``); a target that cannot be collected is reported and left out. A skip
+(not applicable, turned off, or inconclusive within its time budget on a loaded machine) is not a
+run: the table counts skips apart, and summary.json keeps every message.
 
 Bounds are one-sided 95% Clopper-Pearson upper limits on the alarm rate per run (3/n, the rule of
 three, when none was seen). Timing checks judge noise on a shared machine: keep --jobs 1 (the
@@ -231,9 +235,11 @@ class Runner:
         self.total = len(runs)
         self.done = 0
         with ThreadPoolExecutor(self.args.jobs) as pool:
-            return list(pool.map(self.one, runs))
+            return [run for run in pool.map(self.one, runs) if run is not None]
 
-    def one(self, run: Run) -> Run:
+    def one(self, run: Run) -> Run | None:
+        if self.args.report_only and not (self.args.out / "runs" / run.name / "run.json").exists():
+            return None
         run = execute(self.targets[run.target], run, self.args.out, self.args.run_timeout, self.args.resume)
         counts = Counter(
             "skipped" if r["status"] == "skipped" else "alarm" if r["status"] in ALARMS else "ok" for r in run.results
@@ -254,7 +260,8 @@ def plan_seeds(targets: list[Target], wanted: dict[str, set[Pair]], seeds: range
 
 
 def plan_top_up(first: list[Run], targets: dict[str, Target], min_runs: int, max_seeds: int) -> list[Run]:
-    """Seeds 1.. for each check that seed 0 ran too few times, on the models where it ran (not skipped)."""
+    """More seeds for each check that the first seed ran too few times, on the models where it ran
+    (not skipped)."""
     per_seed, ran = Counter(), defaultdict(set)
     for run in first:
         for r in run.results:
@@ -262,10 +269,10 @@ def plan_top_up(first: list[Run], targets: dict[str, Target], min_runs: int, max
                 per_seed[r["check"]] += 1
                 ran[run.target].add((r["model"], r["check"]))
     need = {c: min(max_seeds, math.ceil(min_runs / n)) for c, n in per_seed.items()}
-    runs = []
-    for seed in range(1, max(need.values(), default=1)):
+    runs, first_seed = [], min((run.seed for run in first), default=0)
+    for seed in range(first_seed + 1, first_seed + max(need.values(), default=1)):
         for name, pairs in ran.items():
-            chosen = {(m, c) for m, c in pairs if need[c] > seed}
+            chosen = {(m, c) for m, c in pairs if need[c] > seed - first_seed}
             if chosen:
                 runs.append(Run(name, seed, sorted(chosen), chosen == targets[name].pairs()))
     return runs
@@ -364,12 +371,12 @@ def environment() -> dict:
 def report(targets: list[Target], runs: list[Run], args: argparse.Namespace, wall_s: float) -> str:
     rows = tally(runs)
     env = environment()
-    seeds = sorted({r.seed for r in runs})
+    seeds = sorted({r.seed for r in runs}) or [0]
+    session_min = sum(r.duration_s for r in runs) / 60
     lines = [
-        f"False alarms of `pytest --llmcheck` on clean models: {len(runs)} sessions, seeds "
-        f"{seeds[0] if seeds else '-'}..{seeds[-1] if seeds else '-'}, {wall_s / 60:.1f} min wall "
-        f"(--jobs {args.jobs}); llmcheck {env['commit']}, torch {env['torch']}, Python {env['python']}, "
-        f"{env['cpus']} CPUs.",
+        f"False alarms of `pytest --llmcheck` on clean models: {len(runs)} sessions, seeds {seeds[0]}..{seeds[-1]}, "
+        f"{session_min:.0f} min of sessions, {wall_s / 60:.0f} min wall (--jobs {args.jobs}); llmcheck "
+        f"{env['commit']}, torch {env['torch']}, Python {env['python']}, {env['cpus']} CPUs.",
         "",
         markdown_table(rows),
     ]
@@ -396,7 +403,8 @@ def report(targets: list[Target], runs: list[Run], args: argparse.Namespace, wal
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, help="seeds 0..N-1 of every selected item (default: adapt to --min-runs)")
+    ap.add_argument("--seeds", type=int, help="N seeds of every selected item (default: adapt to --min-runs)")
+    ap.add_argument("--first-seed", type=int, default=0, help="the first seed (to add seeds to an --out)")
     ap.add_argument("--min-runs", type=int, default=100, help="runs per check the adaptive plan reaches (default 100)")
     ap.add_argument("--max-seeds", type=int, default=100, help="most seeds the adaptive plan gives one check")
     ap.add_argument("--models", default="", help="comma-separated substrings of model or target names (default all)")
@@ -405,11 +413,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--run-timeout", type=float, default=3600, help="seconds one session may take before it is killed")
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "llmcheck-false-alarms")
     ap.add_argument("--resume", action="store_true", help="reuse the finished sessions already under --out")
+    ap.add_argument("--report-only", action="store_true", help="run nothing: tally the finished sessions under --out")
     ap.add_argument("--add", type=Path, action="append", default=[], help="another clean model file or folder")
     ap.add_argument("--quick", action="store_true", help="seed 0 only: one session per target")
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds = 1
+    args.resume = args.resume or args.report_only
     args.out = args.out.resolve()
     return args
 
@@ -433,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     for t in targets:
         print(f"{t.name}: {t.problem or f'{len(wanted[t.name])} (model, check) pairs'}", flush=True)
     runner = Runner({t.name: t for t in usable}, args)
-    runs = runner.run_all(plan_seeds(usable, wanted, range(args.seeds or 1)))
+    runs = runner.run_all(plan_seeds(usable, wanted, range(args.first_seed, args.first_seed + (args.seeds or 1))))
     if args.seeds is None:
         runs += runner.run_all(plan_top_up(runs, runner.targets, args.min_runs, args.max_seeds))
     print("\n" + report(targets, runs, args, time.monotonic() - started))
