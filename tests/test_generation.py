@@ -1,6 +1,7 @@
-"""The generation check: a model stuck on one token, non-finite logits on longer sequences, state
-carried between calls and batch-dependent outputs each fail with the prompt, step and figures;
-the clean model passing is in test_data_check.py, and the judgements' pure parts are tested here."""
+"""The generation check: a model stuck on one token, non-finite logits on longer sequences and
+batch-dependent outputs each fail with the prompt, step and figures (state carried between calls is
+eval's diagnosis: generation is inconclusive there); the clean model passing is in
+test_data_check.py, and the judgements' pure parts are tested here."""
 
 from __future__ import annotations
 
@@ -52,16 +53,17 @@ def test_non_finite_logits_on_longer_sequences_fail_generation_at_their_step(run
     assert "non-finite logits in sampled generation at new token 5" in found["message"]
 
 
-def test_state_carried_between_calls_fails_same_seed_same_output(run_llmcheck):
+def test_state_carried_between_calls_leaves_generation_inconclusive_pointing_at_eval(run_llmcheck):
     source = variant(
         HEAD,
         "        self.calls = getattr(self, 'calls', 0) + 1  # the bug: a counter that is never reset\n"
         "        return self.head(x) + 3.0 * torch.sin(self.calls + torch.arange(V))",
     )
-    found = generation(run_llmcheck, source)
-    assert found["status"] == "failed"
-    assert "same seed, different output: prompt 0 differs at new token 0" in found["message"]
-    assert "state is carried from one call to the next" in found["message"]
+    found = generation(run_llmcheck, source)  # two identical forwards differ: eval's diagnosis (issue 14.6)
+    assert found["status"] == "skipped"
+    assert found["message"].startswith("inconclusive: the forward is not deterministic in eval mode")
+    assert "first at module <root> (TinyLM); one seed does not reproduce them: state carried" in found["message"]
+    assert found["message"].endswith("the eval check diagnoses this")
 
 
 def test_outputs_that_depend_on_the_other_prompts_fail_batched_equals_one_by_one(run_llmcheck):

@@ -112,6 +112,11 @@ def measure(ctx, p) -> dict:
     from llmcheck.target.model import seed_everything
 
     t = ctx.target
+    from llmcheck.target.preconditions import require_deterministic, require_finite
+
+    require_finite(t)
+    for mode in p.modes:  # compared forwards replay one seed (run() below): they must repeat under it
+        require_deterministic(t, mode=mode, seed=t.seed + 23)
     batch = t.batch(batch_size=p.batch_size)
     n = p.batch_size
     out = {"batch_size": n, "modes": {}}

@@ -79,6 +79,10 @@ def measure(ctx, p) -> dict:
         raise Skip(t.no_tokens(batch, "perturb"))
     if ids.shape[1] < 2:
         raise Skip(f"sequence length {ids.shape[1]} leaves no later token to perturb")
+    from llmcheck.target.preconditions import require_deterministic, require_finite
+
+    require_finite(t)  # a leak is judged by comparing eval forwards: they must be finite and repeat
+    require_deterministic(t)
     positions = _positions(ids.shape[1], p.positions)
     gen = torch.Generator().manual_seed(t.seed + 17)
     ctx.progress(probe="perturbation", positions=len(positions))

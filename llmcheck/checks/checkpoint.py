@@ -45,6 +45,10 @@ def measure(ctx, p) -> dict:
     )
 
     t = ctx.target
+    from llmcheck.target.preconditions import require_deterministic, require_finite
+
+    require_finite(t)  # the round trip is judged by comparing eval forwards: they must be finite and repeat
+    require_deterministic(t, atol=p.atol)
     batch = t.batch()
     original = t.build().eval()
     with torch.no_grad():

@@ -113,6 +113,10 @@ def measure(ctx, p) -> dict:
         raise Skip(t.no_tokens(batch, "decode"))
     if ids.shape[1] < 2:
         raise Skip(f"sequence length {ids.shape[1]} leaves no token to decode after a prefill")
+    from llmcheck.target.preconditions import require_deterministic, require_finite
+
+    require_finite(t)  # cached vs full compares eval forwards: they must be finite and repeat
+    require_deterministic(t)
     decode = Decoder(t, model, keyword)
     out = {"keyword": keyword, "seq_len": int(ids.shape[1]), "probes": {}}
     with torch.no_grad():

@@ -87,6 +87,10 @@ def measure(ctx, p) -> dict:
     ids = t.tokens(batch)
     if ids is None or ids.dim() != 2:
         raise Skip(t.no_tokens(batch, "pad"))
+    from llmcheck.target.preconditions import require_deterministic, require_finite
+
+    require_finite(t)  # padded vs unpadded compares eval forwards: they must be finite and repeat
+    require_deterministic(t)
     pad_id = _pad_id(model, p)
     out = {
         "pad_tokens": p.pad_tokens,

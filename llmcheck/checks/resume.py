@@ -23,6 +23,11 @@ def measure(ctx, p) -> dict:
     if not 0 < p.resume_at < p.steps:
         raise ValueError(f"resume.resume_at = {p.resume_at} must lie between 0 and resume.steps = {p.steps}")
     t = ctx.target
+    from llmcheck.target.preconditions import require_deterministic, require_finite
+
+    # both runs replay one seed from fresh models in train mode: dropout is fine, irreproducible noise is not
+    require_finite(t, mode="train", seed=t.seed + 7, fresh=True)
+    require_deterministic(t, mode="train", seed=t.seed + 7, fresh=True)
     batches = [t.batch(seed=i) for i in range(p.steps)]
     path = ctx.tmpdir / "resume.pt"
 

@@ -99,7 +99,9 @@ def measure(ctx, p) -> dict:
 
     return run_generation(ctx, p)
 
+    from llmcheck.target.preconditions import require_deterministic
 
+    require_deterministic(ctx.target)  # batched vs one by one compares eval forwards (finite logits: judged here)
 CHECK = Check(
     name="generation",
     family="generation",
