@@ -290,6 +290,11 @@ def numeric_leaves(value: Any, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def _sample_row(record: dict, name: str, s, verdict: str, note: str, **extra) -> dict[str, Any]:
+    """The row of one sample series: its medians on both sides and their relative change."""
+    return _row(record, "samples", name, s.base_median, s.head_median, verdict, note, change=s.change, **extra)
+
+
 def _sample_rows(b: dict, h: dict, rules: Rules) -> list[dict]:
     rows = []
     bs, hs = b.get("samples") or {}, h.get("samples") or {}
@@ -302,19 +307,8 @@ def _sample_rows(b: dict, h: dict, rules: Rules) -> list[dict]:
         s = shift(base, head)
         if explicit is None and not repeated(name):  # a curve or a sweep: listed, gated only when named
             if s.base_median != s.head_median:
-                rows.append(
-                    _row(
-                        h,
-                        "samples",
-                        name,
-                        s.base_median,
-                        s.head_median,
-                        "changed",
-                        f"median {pct(s.change)} (a curve, not repeated measurements: not gated)",
-                        change=s.change,
-                        better=better(name),
-                    )
-                )
+                note = f"median {pct(s.change)} (a curve, not repeated measurements: not gated)"
+                rows.append(_sample_row(h, name, s, "changed", note, better=better(name)))
             continue
         t = explicit or Threshold(
             path, -1 if better(name) == "higher" else 1, rules.min_effect, True, "the default minimum effect"
@@ -334,15 +328,12 @@ def _sample_rows(b: dict, h: dict, rules: Rules) -> list[dict]:
         if drift and verdict in ("regression", "improvement"):
             verdict, note, extra["noisy"] = "inconclusive", f"{note}; but {drift}", True
         rows.append(
-            _row(
+            _sample_row(
                 h,
-                "samples",
                 name,
-                s.base_median,
-                s.head_median,
+                s,
                 verdict,
                 note,
-                change=s.change,
                 better="higher" if t.worse < 0 else "lower",
                 p_value=s.p_value,
                 threshold=t.text(),
