@@ -4,6 +4,7 @@ the culprit (issue 18). Clean models: the example, tiny-config Hugging Face GPT-
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,11 @@ from equivalence_sources import (
     SWITCHABLE_ATTENTION,
 )
 
+# Looked up, not imported: the workers import it, and importing it here makes the next in-process
+# session (pytester restores sys.modules) fail with "cannot load module more than once per process".
+needs_transformers = pytest.mark.skipif(
+    importlib.util.find_spec("transformers") is None, reason="transformers is not installed"
+)
 EXAMPLE = (Path(__file__).resolve().parents[1] / "examples" / "tiny_gpt.py").read_text()
 FIVE = "compile or export or attention or checkpointing or static-cache"
 
@@ -55,8 +61,8 @@ def test_the_example_passes_compile_export_and_attention_and_says_why_the_others
     assert "no Hugging Face generate()" in found["tiny_gpt", "static-cache"]["message"]
 
 
+@needs_transformers
 def test_tiny_hugging_face_gpt2_and_llama_pass_all_five(run_llmcheck):
-    pytest.importorskip("transformers")
     # compile's gradients on these two are left to the false-alarm benchmark: they double its cost here
     settings = ("--llmcheck-set", "compile.num_lengths=3", "--llmcheck-set", "compile.gradients=false")
     run = run_llmcheck(HF_CLEAN, "-k", f"({FIVE}) and not reduce", *settings)
@@ -174,8 +180,8 @@ def test_a_checkpointing_switch_the_forward_never_reads_fails(run_llmcheck):
     assert "recomputed nothing: no module's forward ran again during backward" in r["message"]
 
 
+@needs_transformers
 def test_positions_read_from_the_cache_tensors_fail_the_static_cache(run_llmcheck):
-    pytest.importorskip("transformers")
     r = results(run_llmcheck(STATIC_CACHE_POSITIONS, "-k", "static-cache"))
     r = r["llama_positions_from_cache_tensors", "static-cache"]
     assert r["status"] == "failed"
