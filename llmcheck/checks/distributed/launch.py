@@ -29,6 +29,7 @@ from llmcheck.isolation.worker import describe_exit
 
 POLL = 0.05  # seconds between looks at the ranks
 TAIL = 2_000  # bytes of a failed rank's output kept in the message
+EVIDENCE = 64_000  # bytes of it searched for the exception and the model's line
 FOLLOW = 3.0  # seconds the other ranks get to exit on their own once one has failed
 
 
@@ -177,6 +178,7 @@ def _failed(ranks: list[Rank], first: list[int]) -> dict:
     for r in ranks:
         code = r.proc.poll()
         if code not in (None, 0):
+            evidence = _tail(r.log, EVIDENCE)  # a traceback's user frame may sit well above its last line
             output = _tail(r.log)
             failed.append(
                 {
@@ -184,8 +186,8 @@ def _failed(ranks: list[Rank], first: list[int]) -> dict:
                     "exit": describe_exit(code),
                     "phase": r.phase(),
                     "first": r.rank in first,
-                    "error": _last_exception(output),
-                    "at": frames.traceback_user_line(output),
+                    "error": _last_exception(evidence),
+                    "at": frames.traceback_user_line(evidence),
                     "output": output,
                 }
             )
@@ -202,9 +204,9 @@ def _last_exception(output: str) -> str:
     return re.sub(r"^llmcheck(\.\w+)*\.UserCodeError: ", "", last)  # its message already says whose code raised
 
 
-def _tail(path: Path) -> str:
-    """The last TAIL bytes of a rank's log, read by seeking: a rank that printed gigabytes costs no more."""
-    text, more = read_tail(path, TAIL)
+def _tail(path: Path, size: int = TAIL) -> str:
+    """The last ``size`` bytes of a rank's log, read by seeking: a rank that printed gigabytes costs no more."""
+    text, more = read_tail(path, size)
     return "[...]\n" + text if more else text
 
 
