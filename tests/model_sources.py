@@ -160,3 +160,14 @@ def config():
 def subclassed():
     return Subclassed(config())
 """
+
+
+# Checks whose names or families contain another check's name: ``-k kv-cache`` also selects
+# static-cache (family kv-cache) and ``-k checkpoint`` selects checkpointing.
+NAMESAKES = {"kv-cache": "static-cache", "checkpoint": "checkpointing"}
+
+
+def select(*checks: str) -> str:
+    """A ``-k`` expression that selects exactly ``checks``, not their namesakes."""
+    extra = [v for k, v in NAMESAKES.items() if k in checks and v not in checks]
+    return " or ".join(checks) if not extra else f"({' or '.join(checks)}) and not ({' or '.join(extra)})"

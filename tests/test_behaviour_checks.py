@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from model_sources import variant
+from model_sources import select, variant
 
 BEHAVIOUR = ("causal", "batch", "padding", "kv-cache", "fuzz")
 
@@ -83,7 +83,7 @@ def cached():
 
 
 def run_checks(run_llmcheck, source, *checks, model=""):
-    result = run_llmcheck(source, "-k", f"{model} ({' or '.join(checks)})".strip())
+    result = run_llmcheck(source, "-k", f"{model} ({select(*checks)})".strip())
     assert set(result.by_check) == set(checks), result.stdout.str()
     return result.by_check
 

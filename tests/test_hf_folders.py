@@ -11,6 +11,7 @@ import pickle
 from pathlib import Path
 
 import pytest
+from model_sources import select
 
 from llmcheck.target.hf import is_model_dir, model_name
 
@@ -26,7 +27,7 @@ def minilm() -> Path:
 
 def run_folder(pytester, folder: Path, *checks: str):
     result = pytester.runpytest(
-        "--llmcheck", str(folder), "-p", "no:cacheprovider", "--llmcheck-json", "report.json", "-k", " or ".join(checks)
+        "--llmcheck", str(folder), "-p", "no:cacheprovider", "--llmcheck-json", "report.json", "-k", select(*checks)
     )
     report = json.loads((pytester.path / "report.json").read_text())
     result.by_check = {r["check"]: r for r in report["results"]}
