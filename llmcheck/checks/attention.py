@@ -7,13 +7,15 @@ sdpa); wherever the forward calls ``F.scaled_dot_product_attention``, each SDPA 
 has runs it through ``torch.nn.attention.sdpa_kernel`` (CPU: math and flash; CUDA adds
 efficient and cuDNN). Padding gives the samples different numbers of masked pad tokens; only the
 real tokens' outputs are compared, against the first implementation, within assert_close's
-tolerance for the dtype (`llmcheck.target.closeness`). Catches a mask that is right under one
+tolerance for the dtype (`llmcheck.target.closeness`) times the square root of the attention calls
+in one forward (rounding differences add up layer by layer). Catches a mask that is right under one
 implementation only (a custom eager path that drops the padding mask); the message names the two
 implementations, the sample and the position, and which of them lets the pad tokens through.
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Any
 
@@ -126,7 +128,7 @@ def _compare(got, want, mask, tol: float) -> dict:
     return {"max_abs_diff": float(diff.max()), "sample": sample, "position": position, "tolerance": tol}
 
 
-def _probe(t, model, impls, batch, padding: str, p, dtype) -> dict:
+def _probe(t, model, impls, batch, padding: str, p, dtype, scale: float) -> dict:
     """One dtype and padding: each implementation against the first that runs."""
     from llmcheck.target.closeness import allowed
 
@@ -143,7 +145,7 @@ def _probe(t, model, impls, batch, padding: str, p, dtype) -> dict:
         return {"padding": padding, "skipped": skipped, "compared": {}}
     ref_label, ref = next(iter(outs.items()))
     mask = inputs[2] if inputs[2] is not None else t.tokens(batch).new_ones(t.tokens(batch).shape)
-    tol = allowed(dtype, ref[mask.bool()], p.tolerance_scale)
+    tol = allowed(dtype, ref[mask.bool()], scale)
     compared = {label: _compare(out, ref, mask, tol) for label, out in outs.items() if label != ref_label}
     found = {"padding": padding, "reference": ref_label, "skipped": skipped, "compared": compared}
     if padding != "none" and any(c["max_abs_diff"] > tol for c in compared.values()):
@@ -196,11 +198,17 @@ def measure(ctx, p) -> dict:
             f"(found {[i['label'] for i in impls] or 'none'}; unavailable: {unavailable or 'none'})"
         )
     paddings = ["none"] + ([s for s in p.sides] if t.takes("attention_mask") else [])
+    # Each attention call rounds differently under each implementation, and the differences add up
+    # along the residual stream like a random walk: the tolerance grows with the square root of
+    # the attention calls in one forward (counted above, not declared).
+    calls_per_forward = max([1, *calls.values()])
     out: dict[str, Any] = {
         "implementations": [i["label"] for i in impls],
         "unavailable": unavailable,
         "sdpa_calls": calls,
         "paddings": paddings,
+        "attention_calls": calls_per_forward,
+        "tolerance_factor": p.tolerance_scale * math.sqrt(calls_per_forward),
         "skipped_dtypes": {},
         "probes": [],
     }
@@ -212,7 +220,8 @@ def measure(ctx, p) -> dict:
         model = t.build().to(DTYPES[name]).eval()
         for padding in paddings:
             ctx.progress(dtype=name, padding=padding)
-            out["probes"].append({"dtype": name, **_probe(t, model, impls, batch, padding, p, DTYPES[name])})
+            found = _probe(t, model, impls, batch, padding, p, DTYPES[name], out["tolerance_factor"])
+            out["probes"].append({"dtype": name, **found})
     return out
 
 
@@ -256,7 +265,8 @@ def judge(m: dict, p) -> Verdict:
             worst[r["dtype"]] = max(worst.get(r["dtype"], 0.0), c["max_abs_diff"] / c["tolerance"])
     per_dtype = ", ".join(f"{d}: worst |Δ| {w:.2g} x tolerance" for d, w in worst.items())
     pads = ", ".join("no" if x == "none" else x for x in m["paddings"])
-    return Verdict("passed", f"{impls} agree at the real tokens with {pads} padding ({per_dtype}){_notes(m)}")
+    scaled = f"assert_close's tolerance x sqrt({m['attention_calls']} attention calls)"
+    return Verdict("passed", f"{impls} agree at the real tokens with {pads} padding ({per_dtype}; {scaled}){_notes(m)}")
 
 
 CHECK = Check(
