@@ -187,3 +187,23 @@ def test_positions_read_from_the_cache_tensors_fail_the_static_cache(run_llmchec
     assert r["status"] == "failed"
     assert "plain prompt: static-cache logits differ from the dynamic cache's at step" in r["message"]
     assert "left-padded prompt" in r["message"]
+
+
+def test_a_static_cache_token_that_differs_on_a_near_tie_is_reported_not_judged():
+    from llmcheck.checks.static_cache import CHECK
+
+    probe = {
+        "steps": 32,
+        "logits": {"max_abs_diff": 2e-6, "step": 5, "sample": 1, "tolerance": 1e-5},
+        "dynamic_tokens": [[7] * 32, [3] * 32],
+        "static_tokens": [[7] * 32, [3] * 5 + [4] * 27],
+        "first_diff": {"sample": 1, "step": 5, "margin": 1.5e-5, "tolerance": 1e-5},
+    }
+    metrics = {"new_tokens": 32, "prompt_tokens": 8, "probes": {"plain": probe}}
+    tie = CHECK.judge(metrics, None)
+    assert tie.status == "passed"
+    assert "generated token 5 of sample 1 is 4 with the static cache, 3 with the dynamic cache" in tie.message
+    assert "[a near tie, not judged]" in tie.message
+    decisive = {**probe, "first_diff": {**probe["first_diff"], "margin": 0.5}}
+    verdict = CHECK.judge({**metrics, "probes": {"plain": decisive}}, None)
+    assert verdict.status == "failed" and "top-2 margin 0.5" in verdict.message
