@@ -375,7 +375,9 @@ def report(targets: list[Target], runs: list[Run], args: argparse.Namespace, wal
     session_min = sum(r.duration_s for r in runs) / 60
     lines = [
         f"False alarms of `pytest --llmcheck` on clean models: {len(runs)} sessions, seeds {seeds[0]}..{seeds[-1]}, "
-        f"{session_min:.0f} min of sessions, {wall_s / 60:.0f} min wall (--jobs {args.jobs}); llmcheck "
+        f"{session_min:.0f} min of sessions"
+        + (" (tallied from --out)" if args.report_only else f", {wall_s / 60:.0f} min wall (--jobs {args.jobs})")
+        + f"; llmcheck "
         f"{env['commit']}, torch {env['torch']}, Python {env['python']}, {env['cpus']} CPUs.",
         "",
         markdown_table(rows),
