@@ -121,7 +121,12 @@ def test_junit_xml_and_exitfirst_keep_their_pytest_meaning(run_llmcheck):
         "self.head = nn.Linear(D, V, bias=False)\n        self.unused = nn.Linear(D, D)",
     )
     result = run_llmcheck(
-        source, "-x", "--junitxml", "out.xml", "-k", "(checkpoint and not checkpointing) or eval or frozen or gradient or resume"
+        source,
+        "-x",
+        "--junitxml",
+        "out.xml",
+        "-k",
+        "(checkpoint and not checkpointing) or eval or frozen or gradient or resume",
     )
     # checkpoint and eval pass, frozen is skipped (nothing frozen), gradient fails and -x stops before resume
     result.assert_outcomes(passed=2, failed=1, skipped=1)

@@ -72,7 +72,11 @@ def test_a_worker_that_dies_any_way_is_crashed_not_passed(run_llmcheck, statemen
 def test_every_check_hanging_still_finishes_the_session_with_one_outcome_each(run_llmcheck):
     source = variant("    def forward(self, idx):\n", "    def forward(self, idx):\n        time.sleep(3600)\n")
     result = run_llmcheck(
-        "import time\n" + source, "--llmcheck-timeout", "2", "-k", "(checkpoint and not checkpointing) or eval or frozen or gradient or resume"
+        "import time\n" + source,
+        "--llmcheck-timeout",
+        "2",
+        "-k",
+        "(checkpoint and not checkpointing) or eval or frozen or gradient or resume",
     )
     statuses = {r["check"]: r["status"] for r in result.report["results"]}
     assert set(statuses) >= {"checkpoint", "eval", "frozen", "gradient", "resume"}

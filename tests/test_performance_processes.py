@@ -249,7 +249,8 @@ def test_merging_and_judging_import_no_torch():
     code = (
         "import sys, json; sys.path.insert(0, 'tests'); "
         "from test_performance_processes import _process, _params; "
-        "from llmcheck.isolation import processes; from llmcheck.checks import latency; from llmcheck.results import Result; "
+        "from llmcheck.isolation import processes; from llmcheck.checks import latency; "
+        "from llmcheck.results import Result; "
         "r = processes.merged(latency.CHECK, _params(), [Result('passed', '', **_process(1.0 + i / 10, seed=i)) "
         "for i in range(3)], 3); print(r.status); assert 'torch' not in sys.modules, 'torch imported'"
     )

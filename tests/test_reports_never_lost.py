@@ -108,7 +108,9 @@ def test_killing_the_session_mid_run_leaves_a_valid_report_of_what_finished(tmp_
 
 
 def test_checks_that_time_out_or_crash_are_in_both_reports(run_llmcheck, pytester):
-    result = run_llmcheck(FAULTS, "-k", "checkpoint and not checkpointing", "--llmcheck-timeout", "3", "--llmcheck-html", "report.html")
+    result = run_llmcheck(
+        FAULTS, "-k", "checkpoint and not checkpointing", "--llmcheck-timeout", "3", "--llmcheck-html", "report.html"
+    )
     statuses = {r["model"]: r["status"] for r in result.report["results"]}
     assert statuses == {"crashy": "crashed", "sleepy": "timeout"}
     assert result.report["interrupted"] is False

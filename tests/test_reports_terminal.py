@@ -34,7 +34,13 @@ def test_the_summary_is_a_families_by_status_table_with_the_slowest_checks():
 
 def test_a_run_ends_with_the_summary_and_the_report_paths(run_llmcheck):
     result = run_llmcheck(
-        SLOW_FACTORY, "-k", "checkpoint and not checkpointing", "--llmcheck-html", "out/report.html", "-o", "llmcheck_progress=0.5"
+        SLOW_FACTORY,
+        "-k",
+        "checkpoint and not checkpointing",
+        "--llmcheck-html",
+        "out/report.html",
+        "-o",
+        "llmcheck_progress=0.5",
     )
     result.stdout.fnmatch_lines(
         [
