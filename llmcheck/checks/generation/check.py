@@ -96,12 +96,12 @@ def judge(m: dict, p) -> Verdict:
 
 def measure(ctx, p) -> dict:
     from llmcheck.checks.generation.loop import run_generation
-
-    return run_generation(ctx, p)
-
     from llmcheck.target.preconditions import require_deterministic
 
     require_deterministic(ctx.target)  # batched vs one by one compares eval forwards (finite logits: judged here)
+    return run_generation(ctx, p)
+
+
 CHECK = Check(
     name="generation",
     family="generation",
