@@ -5,7 +5,7 @@ from model_sources import CLEAN
 
 from llmcheck.registry import Check, Param
 from llmcheck.results import Verdict
-from llmcheck.settings import Layer, SettingsError, assignments, coerce, resolve
+from llmcheck.settings import GLOBAL_PARAMS, Layer, SettingsError, assignments, coerce, resolve
 
 
 def _check(**params) -> Check:
@@ -42,8 +42,8 @@ def test_a_global_timeout_applies_to_checks_without_their_own():
         ),
         (
             {"nosuch": {}},
-            "unknown setting 'nosuch' from here; valid global settings: batch_size, device, seed, seq_len, "
-            "startup_timeout, timeout; valid checks: demo",
+            f"unknown setting 'nosuch' from here; valid global settings: {', '.join(sorted(GLOBAL_PARAMS))}; "
+            "valid checks: demo",
         ),
         ({"demo": {"steps": "ten"}}, "demo.steps = 'ten' (str) from here: expected an integer"),
         ({"demo": {"steps": 0}}, "demo.steps = 0 (int) from here: expected a value >= 1"),
