@@ -69,6 +69,10 @@ def measure(ctx, p) -> dict:
         raise Skip(why)
     if not any(q.requires_grad for q in t.build().parameters()):
         raise Skip("the model has no trainable parameters: there are no gradients to all-reduce")
+    from llmcheck.target.preconditions import require_deterministic, require_finite
+
+    require_finite(t)  # ranks and the one-process step must compute the same finite forward
+    require_deterministic(t, mode="train" if p.train_mode else "eval")
     out = ctx.tmpdir / "ddp"
     ranks = ddp_launch.start({"argv": _rank_argv(t, p), "cwd": os.getcwd()}, out, p.world_size)
     ctx.progress(phase="start-up", ranks=p.world_size, backend=backend)
