@@ -254,22 +254,9 @@ CHECK = Check(
         "seq_lens": Param(
             list, [16], "sequence lengths, one item each (capped at max_seq_len)", minimum=1, item_type=int
         ),
-        "precisions": Param(
-            list,
-            list(perf.PRECISIONS),
+        **perf.mode_params(
             "float32, bfloat16 autocast (CPU, CUDA), float16 autocast (CUDA)",
-            item_type=str,
-            choices=perf.PRECISIONS,
-        ),
-        "modes": Param(
-            list,
-            ["eager"],
             "eager; compile (torch.compile) and cuda_graphs are opt-in, on CUDA",
-            item_type=str,
-            choices=perf.MODES,
-        ),
-        "compile_mode": Param(
-            str, "default", "torch.compile mode", choices=("default", "reduce-overhead", "max-autotune")
         ),
         "decode_tokens": Param(int, 8, "new tokens per timed generation (models with a cache)", minimum=1),
         **timing.PARAMS,

@@ -288,22 +288,9 @@ CHECK = Check(
     params={
         "batch_sizes": Param(list, [1, 4, 16], "batch sizes of the sweep", minimum=1, item_type=int),
         "seq_len": Param(int, 16, "sequence length (capped at max_seq_len)", minimum=1),
-        "precisions": Param(
-            list,
-            list(perf.PRECISIONS),
+        **perf.mode_params(
             "float32, bfloat16 autocast (CPU, CUDA), float16 autocast + GradScaler (CUDA)",
-            item_type=str,
-            choices=perf.PRECISIONS,
-        ),
-        "modes": Param(
-            list,
-            ["eager"],
             "eager; compile and cuda_graphs (inference only) are opt-in, on CUDA",
-            item_type=str,
-            choices=perf.MODES,
-        ),
-        "compile_mode": Param(
-            str, "default", "torch.compile mode", choices=("default", "reduce-overhead", "max-autotune")
         ),
         "train": Param(bool, True, "also time a training step (forward, backward, optimizer step)"),
         "knee_fraction": Param(

@@ -143,6 +143,17 @@ def peak_memory(fn: Callable[[], Any], device, min_time_s: float = 0.03) -> dict
     return {"peak_memory_mb": peak / 2**20, "baseline_memory_mb": base / 2**20, "memory_kind": "cpu process RSS"}
 
 
+def mode_params(precisions_doc: str, modes_doc: str) -> dict[str, Param]:
+    """The precision and execution-mode parameters latency and throughput share (their docs differ)."""
+    return {
+        "precisions": Param(list, list(PRECISIONS), precisions_doc, item_type=str, choices=PRECISIONS),
+        "modes": Param(list, ["eager"], modes_doc, item_type=str, choices=MODES),
+        "compile_mode": Param(
+            str, "default", "torch.compile mode", choices=("default", "reduce-overhead", "max-autotune")
+        ),
+    }
+
+
 # -- budgets ------------------------------------------------------------------------------------
 def budget_params(names: Mapping[str, str]) -> dict[str, Param]:
     """Scalar budget parameters (default: none) plus the per-configuration ``budgets`` table."""
