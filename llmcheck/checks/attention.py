@@ -197,6 +197,10 @@ def measure(ctx, p) -> dict:
             f"F.scaled_dot_product_attention with two kernels on {t.device} "
             f"(found {[i['label'] for i in impls] or 'none'}; unavailable: {unavailable or 'none'})"
         )
+    from llmcheck.target.preconditions import require_deterministic, require_finite
+
+    require_finite(t)  # implementations are judged by comparing eval forwards: they must be finite and repeat
+    require_deterministic(t)
     paddings = ["none"] + ([s for s in p.sides] if t.takes("attention_mask") else [])
     # Each attention call rounds differently under each implementation, and the differences add up
     # along the residual stream like a random walk: the tolerance grows with the square root of

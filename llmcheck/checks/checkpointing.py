@@ -20,6 +20,8 @@ from typing import Any
 from llmcheck.registry import Check, Param
 from llmcheck.results import Skip, Verdict
 
+SEED_OFFSET = 17  # every RNG is seeded with t.seed + SEED_OFFSET before each compared forward
+
 
 def _flagged(model) -> list[str]:
     return [
@@ -68,7 +70,7 @@ def _step(t, batch, checkpointing: bool, p) -> tuple[float, dict, dict[str, dict
         if name
     ]
     try:
-        seed_everything(t.seed + 17)  # the same dropout draws in both runs' forwards
+        seed_everything(t.seed + SEED_OFFSET)  # the same dropout draws in both runs' forwards
         loss, _ = t.loss(model, batch)
         phase[0] = "backward"
         loss.backward()
@@ -104,6 +106,11 @@ def measure(ctx, p) -> dict:
             f"{t.name} has no gradient checkpointing switch: define gradient_checkpointing_enable() or a boolean "
             "gradient_checkpointing attribute that the forward reads to call torch.utils.checkpoint"
         )
+    from llmcheck.target.preconditions import require_deterministic, require_finite
+
+    # both steps replay one seed on fresh models in train mode (_step): dropout is fine, irreproducible noise is not
+    require_finite(t, mode="train", seed=t.seed + SEED_OFFSET, fresh=True)
+    require_deterministic(t, mode="train", seed=t.seed + SEED_OFFSET, fresh=True)
     batch = t.batch()
     ctx.progress(step="without checkpointing")
     loss, want, _, _ = _step(t, batch, False, p)

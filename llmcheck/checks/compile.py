@@ -198,6 +198,10 @@ def measure(ctx, p) -> dict:
     mode = (ctx.variant or variants(p)[0])["mode"]
     if mode == "reduce-overhead" and t.device.type != "cuda":
         raise Skip(f"mode='reduce-overhead' captures CUDA graphs and needs a CUDA device (device = {t.device})")
+    from llmcheck.target.preconditions import require_deterministic, require_finite
+
+    require_finite(t)  # compiled outputs and gradients are judged against eager's eval forward: finite, repeating
+    require_deterministic(t)
     model, batch = t.build().eval(), t.batch()
     out: dict[str, Any] = {
         "mode": mode,

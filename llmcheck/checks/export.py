@@ -123,6 +123,12 @@ def measure(ctx, p) -> dict:
         except Exception as static_exc:
             out["static"] = _failure(static_exc)
         return out
+    from llmcheck.target.preconditions import require_deterministic, require_finite
+
+    # the capture is judged above whatever the forward computes; the program is judged against
+    # eager's eval forward, which must then be finite and repeat
+    require_finite(t)
+    require_deterministic(t)
     runner = program.module()
     other = (bs + 1, max(2, min(max_len, sl // 2 + 1)))
     out["runs"] = [_compare(t, runner, model, b, extra, p) for b in (batch, t.batch(*other, seed=1))]

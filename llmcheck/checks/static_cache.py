@@ -95,6 +95,10 @@ def measure(ctx, p) -> dict:
     new = min(p.new_tokens, room)
     if new < 1:
         raise Skip(f"no room to generate after a {prompt_len}-token prompt within max_seq_len {t.traits.max_seq_len}")
+    from llmcheck.target.preconditions import require_deterministic, require_finite
+
+    require_finite(t)  # static vs dynamic compares greedy eval decoding: its forwards must be finite and repeat
+    require_deterministic(t)
     out: dict[str, Any] = {"new_tokens": new, "prompt_tokens": prompt_len, "probes": {}}
     for name, (ids, mask) in prompts.items():
         ctx.progress(probe=name)
