@@ -258,3 +258,44 @@ def test_user_strings_are_escaped_in_the_html_and_markdown_outputs():
     assert html.count("<svg") == 1 and "1.015" in html
     markdown = ab_report.markdown(doc)
     assert "<script>" not in markdown and "&lt;script&gt;" in markdown and "1.015" in markdown
+
+
+def test_the_reports_describe_rounds_on_warm_process_pairs_as_the_engine_runs_them():
+    from llmcheck.reports import ab_html
+
+    pairs = [
+        {"round": i + 1, "process": i // 2 + 1, "first": "BASE", "base_ms": 1.0, "head_ms": 1.0, "ratio": 1.0}
+        for i in range(4)
+    ]
+    estimate = {"n": 2, "ratio": 1.0, "ci_low": 0.99, "ci_high": 1.01, "half_width": 0.01}
+    result = {"id": "bs=1", "model": "m", "verdict": "no significant change", "message": "-", "pairs": pairs}
+    result.update(estimate=estimate, base_median_ms=1.0, head_median_ms=1.0)
+    side = {"spec": "m.py", "path": "p", "commit": None}
+
+    def document(**options):
+        opts = {**ab.Options().__dict__, **options}
+        return ab_report.build(
+            check="latency",
+            metric="forward",
+            statistic="min",
+            base=side,
+            head=side,
+            rounds=4,
+            options={k: v for k, v in opts.items() if v is not None},
+            results=[result],
+            environment={},
+            producer={},
+            started=0.0,
+            finished=1.0,
+        )
+
+    warm = "a warm pair of worker processes (one BASE, one HEAD) serves up to 8 rounds before a fresh pair starts"
+    default = document()
+    record = {"metrics": {"ab": default}}
+    for text in (ab_report.markdown(default), ab_html.render(default), ab_html.record_view(record)["plan"]):
+        assert warm in text and "fresh processes" not in text and "fresh BASE and HEAD processes" not in text
+    assert "min of each turn's samples" in ab_report.markdown(default)
+    every_round = "a fresh pair of worker processes (one BASE, one HEAD) every round"
+    assert every_round in ab_report.markdown(document(recycle=1))
+    # a document from before pairs were reused has no recycle: its rounds each had a fresh pair
+    assert every_round in ab_html.render(document(recycle=None))

@@ -75,7 +75,7 @@ def add_parser(sub) -> None:
         "--ab-statistic",
         choices=sorted(ab.STATISTICS),
         default=ab.Options.statistic,
-        help="of each process's samples (default %(default)s)",
+        help="of each turn's samples; a side's value in a round is its least disturbed turn (default %(default)s)",
     )
     a.add_argument(
         "--min-pairs",

@@ -50,7 +50,7 @@ def add_options(group) -> None:
         "--llmcheck-ab-statistic",
         choices=sorted(ab.STATISTICS),
         default=ab.Options.statistic,
-        help="A/B: statistic of each process's samples (default %(default)s)",
+        help="A/B: statistic of each turn's samples (default %(default)s)",
     )
 
 

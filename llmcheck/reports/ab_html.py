@@ -18,7 +18,7 @@ from typing import Any
 from markupsafe import Markup
 
 from llmcheck.reports import pages
-from llmcheck.reports.ab_report import ICONS, headline
+from llmcheck.reports.ab_report import ICONS, headline, process_plan
 from llmcheck.reports.files import atomic_write_text
 
 W, H, LEFT, RIGHT, TOP, BOTTOM = 640, 220, 56, 16, 14, 30
@@ -114,6 +114,7 @@ def record_view(record: dict[str, Any]) -> dict[str, Any] | None:
     try:
         return {
             "base": str((ab.get("base") or {}).get("spec", "")),
+            "plan": process_plan(ab["options"]),
             "results": views(ab["results"], float(ab["options"]["threshold"])),
         }
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
@@ -126,6 +127,7 @@ def render(doc: dict[str, Any]) -> str:
         EXTRA_CSS,
         doc=doc,
         headline=headline(doc),
+        plan=process_plan(doc["options"]),
         results=views(doc["results"], doc["options"]["threshold"]),
     )
 

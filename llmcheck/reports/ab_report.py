@@ -166,6 +166,21 @@ def _ratio(r: dict[str, Any]) -> tuple[str, str]:
     return ratio, ci
 
 
+def process_plan(options: dict[str, Any]) -> str:
+    """How the rounds' processes were used, as `llmcheck.ab.engine` runs them: a pair of warm worker
+    processes serves up to ``recycle`` rounds (fewer when the budget would otherwise hold too few
+    pairs) before a fresh pair starts, and the interval is taken over those process pairs."""
+    # absent from documents written before pairs were reused: those started a fresh pair every round
+    n = options.get("recycle", 1) if isinstance(options, dict) else None
+    if n == 1:
+        return "a fresh pair of worker processes (one BASE, one HEAD) every round"
+    most = f"up to {n} rounds" if isinstance(n, int) and n > 1 else "several rounds"
+    return (
+        f"a warm pair of worker processes (one BASE, one HEAD) serves {most} before a fresh pair starts; "
+        "the interval is over process pairs"
+    )
+
+
 def headline(doc: dict[str, Any]) -> str:
     n = doc["summary"].get("regression", 0)
     verdicts = ", ".join(f"{k} {v}" for k, v in doc["summary"].items())
@@ -218,9 +233,10 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{'❌' if n else '✅'} **{cell(headline(doc))}**",
         "",
         f"BASE {cell(doc['base']['spec'])} vs HEAD {cell(doc['head']['spec'])}: {doc['check']} "
-        f"{cell(doc['metric'])} ({cell(doc['statistic'])} per process), {doc['rounds']} rounds of interleaved "
-        f"fresh processes; threshold ±{o['threshold']:.0%}, {o['confidence']:.0%} CI, budget {o['budget_s']:g} s, "
-        f"precision target ±{o['precision']:.0%}, seed {o['seed']}.",
+        f"{cell(doc['metric'])} ({cell(doc['statistic'])} of each turn's samples), {doc['rounds']} rounds of "
+        f"interleaved BASE and HEAD turns; {process_plan(o)}; threshold ±{o['threshold']:.0%}, "
+        f"{o['confidence']:.0%} CI, budget {o['budget_s']:g} s, precision target ±{o['precision']:.0%}, "
+        f"seed {o['seed']}.",
         "",
         f"| | config | pairs | BASE | HEAD | ratio HEAD/BASE | {o['confidence']:.0%} CI | verdict |",
         "|---|---|---|---|---|---|---|---|",
