@@ -54,6 +54,9 @@ class Result:
     output: str = ""  # what the worker printed while the check ran
     duration_s: float = 0.0
     advisory: list[str] = field(default_factory=list)  # Verdict.advisory: findings that do not gate
+    # Seconds by phase in the worker (llmcheck.isolation.child): interpreter_s and torch_s (a worker started
+    # for this check), import_s, setup_s, build_s, plan_s, measure_s, judge_s; and builds (factory calls)
+    phases: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def of(cls, verdict: Verdict, metrics=None, samples=None, artifacts=None) -> Result:

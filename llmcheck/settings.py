@@ -1,5 +1,9 @@
-"""Settings: defaults, ``[tool.llmcheck]``, the pytest ini file, per-model ``checks=`` and the
-command line, merged in that order (later wins) and validated against each check's parameters.
+"""Settings: defaults, the profile, ``[tool.llmcheck]``, the pytest ini file, per-model ``checks=``
+and the command line, merged in that order (later wins) and validated against each check's parameters.
+
+A profile (``profile = "quick"``, ``--llmcheck-profile quick``) is a layer of its own between the
+defaults and pyproject: wherever the ``profile`` setting is chosen, the profile's values sit below
+every file, model and command-line setting, which still override them.
 
 Validation happens per item, so a bad value fails the items it concerns with a message that names
 the value, where it came from and the valid choices, never the whole session.
@@ -17,7 +21,38 @@ from typing import Any
 from llmcheck.context import Params
 from llmcheck.registry import Check, Param
 
+PROFILES = ("default", "quick", "full")
+# quick: for pull requests. The correctness checks and the cheap fault checks, each within a small
+# budget; checks whose numbers are timings (Check.timing) and these families are off.
+QUICK_OFF_FAMILIES = frozenset({"distributed", "memory", "training", "compile"})
+QUICK = {
+    "leak": {"iterations": 30, "budget_s": 15.0},
+    "gradient": {"budget_s": 10.0},
+    "fuzz": {"examples": 20, "budget_s": 5.0},
+    "generation": {"budget_s": 10.0},
+}
+# full: for nightly runs. Everything, with more work wanted and larger budgets (each within 80% of
+# the check's default timeout, which a budget never plans past).
+FULL = {
+    "leak": {"iterations": 120, "budget_s": 240.0},
+    "gradient": {"overfit_steps": 100, "budget_s": 120.0},
+    "fuzz": {"examples": 200, "max_seconds": 30.0, "budget_s": 60.0},
+    "generation": {"prompts": 4, "max_new_tokens": 64, "budget_s": 120.0},
+    "memory": {"budget_s": 240.0},
+    "training": {"steps": 300, "budget_s": 240.0},
+    "latency": {"processes": 5, "budget_s": 120.0},
+    "throughput": {"batch_sizes": [1, 4, 16, 64], "budget_s": 240.0},
+    "distributed": {"budget_s": 140.0},
+}
+
 GLOBAL_PARAMS: dict[str, Param] = {
+    "profile": Param(
+        str,
+        "default",
+        "settings layer below pyproject: quick (pull requests: correctness and cheap fault checks, small "
+        "budgets), full (nightly: everything, larger budgets) or default",
+        choices=PROFILES,
+    ),
     "timeout": Param(float, 300.0, "seconds a check may run before its worker is killed", minimum=0.1),
     "startup_timeout": Param(float, 120.0, "seconds a worker may take to import torch and the model file", minimum=1),
     "seed": Param(int, 0, "seed for every RNG before each factory call and batch"),
@@ -143,6 +178,43 @@ def coerce(name: str, value: Any, param: Param, source: str) -> Any:
     return value
 
 
+def profile_values(name: str, checks: Mapping[str, Check]) -> dict[str, Any]:
+    """The settings of profile ``name`` for the checks that are loaded, each with the parameters it
+    has (tests/test_profiles.py holds every built-in check to all of the profile's)."""
+    if name == "quick":
+        off = {n: False for n, c in checks.items() if c.timing or c.family in QUICK_OFF_FAMILIES}
+        return {**off, **_known(QUICK, checks, skip=off)}
+    if name == "full":
+        return _known(FULL, checks)
+    return {}
+
+
+def _known(table: Mapping[str, Mapping[str, Any]], checks: Mapping[str, Check], skip=()) -> dict[str, Any]:
+    return {
+        n: {k: v for k, v in values.items() if k in check_params(checks[n])}
+        for n, values in table.items()
+        if n in checks and n not in skip
+    }
+
+
+def profile_layer(layers: list[Layer], checks: Mapping[str, Check]) -> Layer:
+    """The layer of the profile the ``layers`` choose (the last one that sets ``profile`` wins)."""
+    name, spec = GLOBAL_PARAMS["profile"].default, GLOBAL_PARAMS["profile"]
+    for layer in layers:
+        if "profile" in layer.values:
+            name = coerce("profile", layer.values["profile"], spec, layer.source)
+    return Layer(f"the {name} profile", profile_values(name, checks))
+
+
+def turned_off_by(layers: list[Layer], checks: Mapping[str, Check], name: str) -> str:
+    """Where check ``name`` was turned off: the source of the last layer, profile included, that set it."""
+    found = ""
+    for layer in [profile_layer(layers, checks), *layers]:
+        if isinstance(layer.values.get(name), bool):
+            found = "" if layer.values[name] else layer.source
+    return found
+
+
 def check_params(check: Check) -> dict[str, Param]:
     """The check's own parameters plus ``timeout``, which every check accepts."""
     timeout = GLOBAL_PARAMS["timeout"]
@@ -156,7 +228,9 @@ def _valid(names) -> str:
 
 
 def resolve(layers: list[Layer], checks: Mapping[str, Check], check: Check) -> tuple[Params, Params, bool]:
-    """Merge the layers for one check: (global settings, check parameters, enabled)."""
+    """Merge the layers for one check, below them the profile they choose: (global settings, check
+    parameters, enabled)."""
+    layers = [profile_layer(layers, checks), *layers]
     glob = Params({k: p.default for k, p in GLOBAL_PARAMS.items()})
     spec = check_params(check)
     params = Params({k: p.default for k, p in spec.items()})

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import time
 
+from llmcheck.measuring import budget
 from llmcheck.registry import Check, Param
 from llmcheck.results import Skip, Verdict
 
 TOKEN_KINDS = ("lowest", "highest", "alternating", "random")
+MIN_EXAMPLES = 10  # fewer cannot cover the edge kinds (lowest, highest, alternating) at a few lengths
 
 
 def _cases(max_batch: int, seq_lens, masks: bool):
@@ -229,6 +231,23 @@ def _coverage(tried: list[dict]) -> dict:
     }
 
 
+def _plan(ctx, p, lengths: tuple[int, int]) -> budget.Plan:
+    """Examples that fit ``budget_s``: a forward at the mean example size (batch 1..max_batch_size,
+    length over ``lengths``), a quarter more for the search pinned at the longest length."""
+    costs = budget.step_costs(ctx.target, train=False)
+    tokens = (1 + p.max_batch_size) / 2 * (lengths[0] + lengths[1]) / 2
+    unit = budget.forward_at(costs, tokens)
+    return budget.plan(
+        ctx,
+        "examples",
+        None if unit is None else 1.25 * unit,
+        MIN_EXAMPLES,
+        p.examples,
+        budget.allowed(p),
+        check="fuzz",
+    )
+
+
 def measure(ctx, p) -> dict:
     from hypothesis import strategies as st
 
@@ -242,6 +261,10 @@ def measure(ctx, p) -> dict:
     model = t.build().eval()
     masks = t.takes("attention_mask")
     shortest, longest = input_lengths(t, max_len)
+    planned = _plan(ctx, p, (shortest, longest))
+    if not planned.fits:
+        raise Skip(planned.inconclusive())
+    examples = planned.amount
     out = {
         "seed": seed,
         "vocab_size": vocab,
@@ -250,13 +273,14 @@ def measure(ctx, p) -> dict:
         "inputs_hook": t.hooks["inputs"].fn.__name__ if "inputs" in t.hooks else None,
         "max_batch_size": p.max_batch_size,
         "masks": masks,
+        "plan": planned.to_json(),
     }
     with Probe(t, model, masks, (shortest, longest)) as probe:
         kept, tail = probe.expected
         out["output_shape"] = "[" + ", ".join([*"BT"[:kept], *map(str, tail)]) + "]"
-        ctx.progress(search="free", examples=p.examples)
+        ctx.progress(search="free", examples=examples)
         free = _search(
-            probe, _cases(p.max_batch_size, st.integers(shortest, longest), masks), p.examples, seed, p.max_seconds
+            probe, _cases(p.max_batch_size, st.integers(shortest, longest), masks), examples, seed, p.max_seconds
         )
         searches = [("free", free)]
         if "case" not in free and longest > shortest:
@@ -264,7 +288,7 @@ def measure(ctx, p) -> dict:
             pinned = _search(
                 probe,
                 _cases(p.max_batch_size, st.just(longest), masks),
-                max(4, p.examples // 5),
+                max(4, examples // 5),
                 seed + 1,
                 max(1.0, p.max_seconds / 2),
             )
@@ -296,7 +320,8 @@ def judge(m: dict, p) -> Verdict:
         f"{m['examples']} examples passed (batch_size {c['batch_size'][0]}..{c['batch_size'][1]}, "
         f"seq_len {c['seq_len'][0]}..{c['seq_len'][1]} of max {m['max_seq_len']}{made}, "
         f"tokens {'/'.join(c['tokens'])} of vocab {m['vocab_size']}{padding}): no exception, "
-        f"output shape {m['output_shape']}, finite; {replay}",
+        f"output shape {m['output_shape']}, finite; {replay}"
+        + (f"; {m['plan']['sentence']}" if m.get("plan", {}).get("cut") else ""),
     )
 
 
@@ -309,13 +334,19 @@ CHECK = Check(
     measure=measure,
     judge=judge,
     params={
-        "examples": Param(int, 40, "examples Hypothesis generates (a fifth more with seq_len at its limit)", minimum=1),
+        "examples": Param(
+            int,
+            40,
+            "examples Hypothesis generates (a fifth more with seq_len at its limit; fewer when budget_s affords fewer)",
+            minimum=1,
+        ),
         "max_seconds": Param(
             float, 5.0, "time budget of the search (renewed once for shrinking a failure)", minimum=0.1
         ),
         "max_batch_size": Param(int, 4, "largest batch size tried", minimum=1),
         "max_seq_len": Param(int, 0, "longest sequence tried (0: the model's max_seq_len, else 64)", minimum=0),
         "seed": Param(int, -1, "Hypothesis seed (-1: the run's seed); printed in the message for replay", minimum=-1),
+        "budget_s": budget.param(20.0, "examples (max_seconds still stops a search that runs longer)"),
     },
     needs=frozenset({"vocab_size"}),
 )

@@ -7,11 +7,14 @@ gradient-norm table.
 from __future__ import annotations
 
 import math
+import time
 
+from llmcheck.measuring import budget
 from llmcheck.registry import Check, Param
 from llmcheck.results import Verdict
 
 CE_LOSSES = ("next-token cross-entropy", "model")  # losses whose value at init should be ~ ln(vocab)
+MIN_OVERFIT_STEPS = 10  # fewer steps cannot show a model learning one batch
 
 
 def _anomaly_origin(t, model, batch) -> str | None:
@@ -75,7 +78,17 @@ def _gradients(ctx, p) -> dict:
     return out
 
 
-def _overfit(ctx, p) -> dict:
+def _overfit_plan(ctx, p, spent_s: float) -> budget.Plan:
+    """Overfitting steps that fit what ``budget_s`` leaves after the gradient checks (``spent_s``)."""
+    t = ctx.target
+    costs = budget.step_costs(t)
+    unit = budget.train_at(costs, p.overfit_batch_size * t.shape()[1])
+    seconds, source = budget.allowed(p)
+    left = (max(0.0, seconds - spent_s), f"{source} less {spent_s:.2g} s for the gradients")
+    return budget.plan(ctx, "overfitting steps", unit, MIN_OVERFIT_STEPS, p.overfit_steps, left, check="gradient")
+
+
+def _overfit(ctx, p, steps: int) -> dict:
     import torch
 
     from llmcheck.target.model import seed_everything
@@ -87,10 +100,10 @@ def _overfit(ctx, p) -> dict:
     opt = torch.optim.Adam((q for q in model.parameters() if q.requires_grad), lr=p.overfit_lr)
     seed_everything(t.seed + 11)
     losses = []
-    for i in range(p.overfit_steps + 1):
+    for i in range(steps + 1):
         if i % 10 == 0:
             ctx.progress(overfit_step=i)
-        if i == p.overfit_steps:
+        if i == steps:
             loss, _ = t.loss(model, batch)
             losses.append(float(loss.detach()))
         else:
@@ -99,10 +112,40 @@ def _overfit(ctx, p) -> dict:
 
 
 def measure(ctx, p) -> dict:
+    started = time.perf_counter()
     out = _gradients(ctx, p)
     if math.isfinite(out["loss"]) and not out.get("nonfinite_gradient") and out["trainable"]:
-        out.update(_overfit(ctx, p))
+        plan = _overfit_plan(ctx, p, time.perf_counter() - started)
+        out["plan"] = plan.to_json()
+        if plan.fits:
+            out.update(_overfit(ctx, p, plan.amount))
     return out
+
+
+def _overfit_note(m: dict, p) -> tuple[str | None, str | None]:
+    """(problem, note) of the overfitting run. A run the budget cut short can show that the model
+    learns, never that it does not: a drop below the limit in fewer steps than wanted is a note."""
+    losses, plan = m.get("overfit_losses"), m.get("plan")
+    if plan and not plan["fits"]:
+        return None, f"overfitting not judged: {plan['sentence']}"
+    if not losses:
+        return None, None
+    first, last = losses[0], losses[-1]
+    drop = (first - last) / first if first > 0 else float("nan")
+    text = (
+        f"overfitting one batch: loss {first:.4g} -> {last:.4g} in {len(losses) - 1} steps "
+        f"({drop:.0%} drop, need >= {p.min_loss_drop:.0%})"
+    )
+    cut = plan is not None and plan["cut"]
+    if cut:
+        text += f" ({plan['sentence']})"
+    if first <= 0:
+        return None, text + " [not judged: the loss is not positive]"
+    if drop >= p.min_loss_drop:
+        return None, text
+    if cut:
+        return None, text + " [not judged: the budget cut the run short; raise gradient.budget_s]"
+    return text, None
 
 
 def judge(m: dict, p) -> Verdict:
@@ -127,18 +170,9 @@ def judge(m: dict, p) -> Verdict:
             f"loss at init {m['loss']:.4g} vs ln(vocab) = {expected:.4g} ({rel:.0%} off, limit {p.init_loss_rtol:.0%})"
         )
         (problems if rel > p.init_loss_rtol else notes).append(text)
-    losses = m.get("overfit_losses")
-    if losses:
-        first, last = losses[0], losses[-1]
-        drop = (first - last) / first if first > 0 else float("nan")
-        text = (
-            f"overfitting one batch: loss {first:.4g} -> {last:.4g} in {len(losses) - 1} steps "
-            f"({drop:.0%} drop, need >= {p.min_loss_drop:.0%})"
-        )
-        if first <= 0:
-            notes.append(text + " [not judged: the loss is not positive]")
-        else:
-            (problems if not drop >= p.min_loss_drop else notes).append(text)
+    problem, note = _overfit_note(m, p)
+    problems += [problem] if problem else []
+    notes += [note] if note else []
     if problems:
         return Verdict("failed", "; ".join(problems))
     return Verdict(
@@ -159,11 +193,12 @@ CHECK = Check(
         "init_loss_rtol": Param(
             float, 0.25, "allowed relative distance of the loss at init from ln(vocab_size)", minimum=0
         ),
-        "overfit_steps": Param(int, 50, "Adam steps on one batch", minimum=1),
+        "overfit_steps": Param(int, 50, "Adam steps on one batch (fewer when budget_s affords fewer)", minimum=1),
         "overfit_lr": Param(float, 3e-3, "learning rate for the overfitting run", minimum=0),
         "overfit_batch_size": Param(int, 2, "size of the batch to overfit", minimum=1),
         "min_loss_drop": Param(
             float, 0.3, "fraction by which the loss must fall when overfitting", minimum=0, maximum=1
         ),
+        "budget_s": budget.param(30.0, "gradient checks and the overfitting run"),
     },
 )

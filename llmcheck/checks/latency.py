@@ -17,9 +17,9 @@ from dataclasses import replace
 from typing import Any
 
 from llmcheck.isolation import processes
-from llmcheck.measuring import perf, timing
+from llmcheck.measuring import budget, perf, timing
 from llmcheck.registry import Check, Param
-from llmcheck.results import Verdict
+from llmcheck.results import Skip, Verdict
 from llmcheck.stats import spread
 
 BUDGETS = {
@@ -60,6 +60,39 @@ def _plan(p, budgets: dict[str, float]) -> timing.Plan:
     return plan
 
 
+def fit(ctx, p, plan: timing.Plan, tokens: int, series: int) -> tuple[timing.Plan, budget.Plan]:
+    """The sampling plan within ``budget_s``: each of ``series`` timed series keeps at least its
+    floor of samples (min_valid_samples; 459 under a p99 budget), so ``max_time_s`` is raised for a
+    model whose forward is too slow to reach it, and ``max_samples`` lowered to what the budget affords."""
+    costs = budget.step_costs(ctx.target, train=False)
+    unit = budget.forward_at(costs, tokens)  # decode steps cost less: an upper bound
+    floor = max(plan.min_valid_samples, plan.min_samples)
+    warm = series * (plan.warmup_iters * (unit or 0.0) + plan.warmup_s) + 2 * (unit or 0.0)  # + peak memory
+    found = budget.plan(
+        ctx,
+        "timed samples per series",
+        None if unit is None else series * unit,
+        floor,
+        plan.max_samples,
+        budget.allowed(p),
+        fixed_s=warm,
+        check="latency",
+    )
+    if unit is None or not found.fits:
+        return plan, found
+    per_series = (found.budget_s - warm) / series
+    seconds = min(per_series, max(plan.max_time_s, 1.25 * floor * unit))
+    if seconds > plan.max_time_s:
+        found.sensitivity = f"max_time_s {plan.max_time_s:g} s raised to {seconds:.3g} s to reach {floor} samples"
+    return replace(plan, max_time_s=seconds, max_samples=found.amount), found
+
+
+def _replay(plan: timing.Plan, p) -> dict[str, Any]:
+    """Parameters that make another process sample as this one planned to, whatever its own first
+    measurements of the step cost say (a fresh process's are slower): its budget is the timeout's."""
+    return {"max_time_s": plan.max_time_s, "max_samples": plan.max_samples, "budget_s": float(p.timeout)}
+
+
 def _series(m: timing.Measurement, tokens: int) -> dict[str, Any]:
     out = m.to_metrics()
     out["tokens"] = tokens
@@ -79,8 +112,12 @@ def measure(ctx, p) -> dict:
     v = perf.active_variant(ctx, p, variants)
     budgets = perf.budgets_for(p, v, BUDGETS)
     plan = _plan(p, budgets)
-    model = t.build().eval()
     bs, sl = t.shape(v["bs"], v["sl"])
+    decodes = t.traits.causal and v["mode"] == "eager" and t.cache_keyword() is not None
+    plan, planned = fit(ctx, p, plan, bs * sl, 4 if decodes else 1)
+    if not planned.fits:
+        raise Skip(planned.inconclusive())
+    model = t.build().eval()
     batch = t.batch(bs, sl)
     out = {
         "config": dict(v),
@@ -90,6 +127,8 @@ def measure(ctx, p) -> dict:
         "threads": plan.num_threads or torch.get_num_threads(),
         "budgets": budgets,
         "validity": {},
+        # the other measuring processes repeat this sampling plan (llmcheck.isolation.processes)
+        "plan": {**planned.to_json(), "replay": _replay(plan, p)},
     }
     with torch.no_grad(), perf.autocast(t.device, v["precision"], cache=v["mode"] != "cuda_graphs"):
         fn, out["setup_s"] = perf.prepare(
@@ -237,6 +276,9 @@ def judge(m: dict, p) -> Verdict:
     else:
         parts.append(m["generation_note"])
     budgets = ", ".join(f"{k} {v:g}" for k, v in m["budgets"].items()) or "none set"
+    planned = m.get("plan") or {}
+    if planned.get("cut") or planned.get("sensitivity"):
+        parts.append(planned["sentence"])
     return Verdict("passed", f"{where}, {m['threads']} threads: " + "; ".join(parts) + f"; budgets: {budgets}")
 
 
@@ -262,5 +304,6 @@ CHECK = Check(
         **timing.PARAMS,
         **processes.PARAMS,
         **perf.budget_params(BUDGETS),
+        "budget_s": budget.param(30.0, "timed series of one item in one process"),
     },
 )

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import gc
 import re
+import time
+from collections.abc import Callable
 
+from llmcheck.measuring import budget
 from llmcheck.measuring.memory import cuda_peak, rss_peak
 from llmcheck.registry import Check, Param
-from llmcheck.results import Verdict
+from llmcheck.results import Skip, Verdict
 
 OOM_TEXT = re.compile(r"out of memory|can't allocate memory|not enough memory|failed to allocate", re.I)
 MODES = ("train", "inference")
@@ -84,6 +87,24 @@ class Runner:
         self.limit, self.limit_source = limit(self.t, p)
         self.run_cap = run_cap(self.limit, hard_limit(self.t))  # a size predicted above it is not run
         self.last_fit: dict | None = None  # the largest size that fitted, to extrapolate from
+        self.last_timed: dict | None = None  # the largest size that ran, to extrapolate its time from
+        self.started, self.seconds = time.perf_counter(), budget.allowed(p)
+        self.stopped = ""  # why the search stopped before a step the budget could not afford
+
+    def unaffordable(self, bs: int, sl: int) -> str | None:
+        """Why a step at this size would not fit what is left of ``budget_s`` (its time extrapolated
+        linearly in batch x length from the largest size that ran), or None."""
+        last = self.last_timed
+        if last is None:
+            return None
+        need = last["seconds"] * max(1.0, (bs * sl) / (last["batch_size"] * last["seq_len"]))
+        left = self.seconds[0] - (time.perf_counter() - self.started)
+        if need <= left:
+            return None
+        self.stopped = (
+            f"batch {bs} x {sl} would take about {need:.2g} s, {max(0.0, left):.2g} s left of {self.seconds[1]}"
+        )
+        return self.stopped
 
     def predicted(self, bs: int, sl: int) -> float | None:
         """Peak extrapolated linearly in batch x length from the largest size that fitted (CPU
@@ -122,10 +143,13 @@ class Runner:
         try:
             batch = self.t.batch(batch_size=bs, seq_len=sl)
             cuda = self.t.device.type == "cuda"
+            started = time.perf_counter()
             peak, before = (
                 cuda_peak(lambda: self._step(batch), self.t.device) if cuda else rss_peak(lambda: self._step(batch))
             )
-            out.update(peak_bytes=peak, step_bytes=peak - before)
+            out.update(peak_bytes=peak, step_bytes=peak - before, seconds=time.perf_counter() - started)
+            if self.last_timed is None or bs * sl >= self.last_timed["batch_size"] * self.last_timed["seq_len"]:
+                self.last_timed = out
         except (UserCodeError, RuntimeError, MemoryError) as exc:
             out["oom"] = out_of_memory(exc)
             if out["oom"] is None:
@@ -148,11 +172,17 @@ class Runner:
             torch.cuda.empty_cache()
 
 
-def largest_batch(runner: Runner, seq_len: int, cap: int) -> tuple[int, list[dict]]:
+def largest_batch(
+    runner: Runner, seq_len: int, cap: int, unaffordable: Callable[[int, int], str | None] | None = None
+) -> tuple[int, list[dict]]:
     """Largest batch size <= ``cap`` whose step fits, by doubling from 1 then bisection; and the
-    steps tried. Sizes are assumed monotone: if b does not fit, nothing above it does."""
+    steps tried. Sizes are assumed monotone: if b does not fit, nothing above it does. The search
+    stops early, at the largest size found so far, before a size ``unaffordable`` gives a reason for."""
     tried, lo, hi, bs = [], 0, None, 1
+    stop = unaffordable or (lambda bs, sl: None)
     while hi is None:
+        if stop(bs, seq_len):
+            return lo, tried
         r = runner.measure(bs, seq_len)
         tried.append(r)
         if not r["fits"]:
@@ -163,19 +193,47 @@ def largest_batch(runner: Runner, seq_len: int, cap: int) -> tuple[int, list[dic
             lo, bs = bs, min(bs * 2, cap)
     while hi - lo > 1:
         mid = (lo + hi) // 2
+        if stop(mid, seq_len):
+            return lo, tried
         r = runner.measure(mid, seq_len)
         tried.append(r)
         lo, hi = (mid, hi) if r["fits"] else (lo, mid)
     return lo, tried
 
 
+def _sweep_plan(ctx, p, sizes: list[tuple[int, int]]) -> budget.Plan:
+    """The sweep must run whole (each size is judged): its steps' cost, linear in batch x length
+    from the measured step time, against ``budget_s``."""
+    t = ctx.target
+    costs = budget.step_costs(t, train=p.mode == "train")
+    cost = budget.train_at if p.mode == "train" else budget.forward_at
+    return budget.plan_prefix(
+        ctx,
+        "sizes of the sweep",
+        [cost(costs, bs * sl) for bs, sl in sizes],
+        len(sizes),
+        budget.allowed(p),
+        check="memory",
+    )
+
+
 def measure(ctx, p) -> dict:
     t = ctx.target
-    runner = Runner(ctx, p)
     cap_len = t.traits.max_seq_len
     seq_lens = sorted({min(s, cap_len) if cap_len else s for s in p.seq_lens})
-    sweep = [runner.measure(bs, sl) for sl in seq_lens for bs in sorted(set(p.batch_sizes))]
-    best, tried = largest_batch(runner, seq_lens[-1], p.max_batch_size)
+    sizes = [(bs, sl) for sl in seq_lens for bs in sorted(set(p.batch_sizes))]
+    planned = _sweep_plan(ctx, p, sizes)
+    if not planned.fits:
+        raise Skip(planned.inconclusive() + " or list fewer memory.batch_sizes")
+    runner = Runner(ctx, p)
+    sweep = [runner.measure(bs, sl) for bs, sl in sizes]
+    best, tried = largest_batch(runner, seq_lens[-1], p.max_batch_size, runner.unaffordable)
+    stopped = runner.stopped
+    if stopped and best < p.min_batch_size and all(r["fits"] for r in sweep):
+        raise Skip(
+            f"inconclusive: the search for the largest batch stopped at {best} < min_batch_size "
+            f"{p.min_batch_size}: {stopped}; raise memory.budget_s"
+        )
     first_fail = min((r for r in tried if not r["fits"]), key=lambda r: r["batch_size"], default=None)
     ctx.record_samples("sweep_peak_bytes", [r["peak_bytes"] or 0.0 for r in sweep])
     return {
@@ -189,6 +247,8 @@ def measure(ctx, p) -> dict:
         "search": tried,
         "first_failure": first_fail,
         "capped": best >= p.max_batch_size,
+        "stopped": stopped,
+        "plan": planned.to_json(),
     }
 
 
@@ -220,6 +280,8 @@ def judge(m: dict, p) -> Verdict:
         if fail
         else f" (search capped at max_batch_size {p.max_batch_size})"
         if m["capped"]
+        else f" (search stopped by the budget: {m['stopped']}; raise memory.budget_s)"
+        if m.get("stopped")
         else ""
     )
     found = (
@@ -263,5 +325,6 @@ CHECK = Check(
         ),
         "max_batch_size": Param(int, 256, "largest batch size the search tries", minimum=1),
         "min_batch_size": Param(int, 1, "the check fails when the largest batch that fits is smaller", minimum=1),
+        "budget_s": budget.param(60.0, "sweep and the search for the largest batch (the search stops early)"),
     },
 )

@@ -9,11 +9,12 @@ latency without throughput and throughput below its budget; invalid measurements
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from llmcheck.measuring import perf, timing
+from llmcheck.measuring import budget, perf, timing
 from llmcheck.registry import Check, Param
-from llmcheck.results import Verdict
+from llmcheck.results import Skip, Verdict
 
 BUDGETS = {
     "min_tokens_per_s": (
@@ -55,6 +56,42 @@ def _train_maker(t, batch, precision: str, device, optimizer):
         return step
 
     return make
+
+
+def _series_plan(plan: timing.Plan, unit: float | None) -> timing.Plan:
+    """``plan`` with ``max_time_s`` raised where a call is too slow to reach the floor of samples in it."""
+    floor = max(plan.min_valid_samples, plan.min_samples)
+    return plan if unit is None else replace(plan, max_time_s=max(plan.max_time_s, 1.25 * floor * unit))
+
+
+def _series_cost(plan: timing.Plan, unit: float | None) -> float | None:
+    return None if unit is None else plan.max_time_s + plan.warmup_iters * unit + plan.warmup_s
+
+
+def sweep(ctx, t, p, plan: timing.Plan, sl: int, train: bool) -> tuple[list[int], budget.Plan, dict]:
+    """The batch sizes that fit ``budget_s``, smallest first, each with its floor of samples per
+    series (inference, and training when timed); at least the smallest, else the plan is inconclusive.
+    Also (batch size -> its sampling plan)."""
+    costs = budget.step_costs(t, train=train)
+    sizes, per_size, points = sorted(set(p.batch_sizes)), {}, []
+    for bs in sizes:
+        units = [budget.forward_at(costs, bs * sl)]
+        if train:
+            units.append(budget.train_at(costs, bs * sl))
+        per_size[bs] = _series_plan(plan, max((u for u in units if u is not None), default=None))
+        series = [_series_cost(_series_plan(plan, u), u) for u in units]
+        points.append(None if None in series else sum(series))
+    flops = 2 * (budget.train_or_forward(costs) or 0.0) if p.count_flops else 0.0  # a counted forward and backward
+    fixed = flops + (p.parallel_time_s * 2 + (costs.get("startup_s") or budget.STARTUP_GUESS_S)) * (
+        p.parallel_workers > 1
+    )
+    found = budget.plan_prefix(
+        ctx, "batch sizes of the sweep", points, 1, budget.allowed(p), fixed_s=fixed, check="throughput"
+    )
+    kept = sizes[: found.amount]
+    if found.cut:
+        found.sensitivity = f"batch sizes {', '.join(map(str, sizes[found.amount :]))} not measured"
+    return [bs for bs in p.batch_sizes if bs in kept], found, per_size
 
 
 def _point(ctx, t, models: dict, bs: int, sl: int, v: dict, p, plan: timing.Plan, validity: dict) -> dict[str, Any]:
@@ -185,10 +222,13 @@ def measure(ctx, p) -> dict:
         "threads": plan.num_threads or torch.get_num_threads(),
         "validity": {},
     }
-    out["points"] = []
-    for bs in p.batch_sizes:
+    sizes, planned, per_size = sweep(ctx, t, p, plan, sl, models["optimizer"] is not None)
+    if not planned.fits:
+        raise Skip(planned.inconclusive())
+    out["plan"], out["points"] = planned.to_json(), []
+    for bs in dict.fromkeys(sizes):
         ctx.progress(batch_size=bs, **v)
-        out["points"].append(_point(ctx, t, models, bs, sl, v, p, plan, out["validity"]))
+        out["points"].append(_point(ctx, t, models, bs, sl, v, p, per_size[bs], out["validity"]))
     out["knee"] = {kind: knee(out["points"], kind, p.knee_fraction) for kind in ("inference", "training")}
     out["flops"] = _flops(t, models, sl, v, p, out["points"])
     out["parallel"] = _parallel(ctx, t, v, p, sl, plan) if p.parallel_workers > 1 else None
@@ -274,6 +314,9 @@ def judge(m: dict, p) -> Verdict:
             f"{par['aggregate_tokens_per_s']:.4g} "
             f"tokens/s in all, efficiency {par['scaling_efficiency']:.0%} of {par['solo_tokens_per_s']:.4g} alone"
         )
+    planned = m.get("plan") or {}
+    if planned.get("cut"):
+        parts.append(planned["sentence"])
     return Verdict("passed", f"{perf.describe(m['config'])}, seq {m['seq_len']}: " + "; ".join(parts))
 
 
@@ -314,5 +357,6 @@ CHECK = Check(
         "parallel_time_s": Param(float, 1.0, "seconds each parallel process runs forwards", minimum=0.05),
         **timing.params(max_time_s=0.15),
         **perf.budget_params(BUDGETS),
+        "budget_s": budget.param(60.0, "sweep of one item (its batch sizes, FLOP counting, parallel run)"),
     },
 )

@@ -67,6 +67,10 @@ def spread_over_processes(
     budget = params.get("processes_budget_s")
     budget = BUDGET_SHARE * float(params["timeout"]) if budget is None else float(budget)
     parts, outputs, spent, last, note = [first], [first.output], 0.0, None, ""
+    # A check that planned its work from the model's step cost (llmcheck.measuring.budget) names the
+    # parameters that repeat that plan: the other processes do the same work, not a plan of their own.
+    replay = (first.metrics.get("plan") or {}).get("replay") or {}
+    message = {**message, "params": {**message["params"], **replay}}
     for index in range(2, requested + 1):
         expect = last if last is not None else first.duration_s + STARTUP_GUESS_S
         if spent + expect > budget:
@@ -88,6 +92,7 @@ def spread_over_processes(
         parts.append(extra)
     result = merged(check, params, parts, requested, note)
     result.output, result.duration_s = "\n".join(o for o in outputs if o), first.duration_s + spent
+    result.phases = dict(first.phases)  # the first worker's; the extra processes are the rest of duration_s
     return result
 
 

@@ -19,7 +19,7 @@ from llmcheck.plugins.state import STATE_KEY, State, model_layers
 from llmcheck.registry import Check, variant_id
 from llmcheck.reports.plain import printable
 from llmcheck.results import FAILING, LlmcheckAdvisory, Result
-from llmcheck.settings import SettingsError, resolve
+from llmcheck.settings import SettingsError, resolve, turned_off_by
 
 DECLARES_MODEL = re.compile(r"@\s*(?:llmcheck\s*\.\s*)?model\b")
 
@@ -133,13 +133,15 @@ class CheckItem(pytest.Item):
             raise CheckFailed(result)
 
     def _run(self, state: State) -> Result:
+        layers = model_layers(state, self.model, self.path)
         try:
-            glob, params, enabled = resolve(model_layers(state, self.model, self.path), state.checks, self.check)
+            glob, params, enabled = resolve(layers, state.checks, self.check)
         except SettingsError as exc:
             return Result("error", f"llmcheck settings: {exc}")
         self.params = dict(params)
         if not enabled:
-            return Result("skipped", f"{self.check.name} is turned off (checks={{{self.check.name!r}: False}})")
+            name, source = self.check.name, turned_off_by(layers, state.checks, self.check.name)
+            return Result("skipped", f"{name} is turned off by {source}; --llmcheck-set {name}=true turns it on")
         message = run_message(str(self.path), self.model["name"], self.check.name, params, glob, self.variant)
         try:
             reply, output = state.pool.request(

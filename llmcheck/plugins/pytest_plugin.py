@@ -18,7 +18,7 @@ from llmcheck.plugins.report_writer import RECORD_ATTR, ReportWriter
 from llmcheck.plugins.scheduling import Slots
 from llmcheck.plugins.state import STATE_KEY, State
 from llmcheck.registry import RegistryError, load_checks
-from llmcheck.settings import Layer, SettingsError, assignments, pyproject_layer
+from llmcheck.settings import PROFILES, Layer, SettingsError, assignments, profile_layer, pyproject_layer
 from llmcheck.target.hf import is_model_dir
 
 WRITER_KEY = pytest.StashKey[ReportWriter]()
@@ -49,6 +49,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--llmcheck-device", metavar="DEVICE", help="cpu, cuda or cuda:N (same as --llmcheck-set device=...)"
     )
+    group.addoption(
+        "--llmcheck-profile",
+        choices=PROFILES,
+        help="quick (pull requests: correctness and cheap fault checks, small budgets), full (nightly: "
+        "everything, larger budgets) or default; pyproject, ini, model and --llmcheck-set settings override it",
+    )
     ab_items.add_options(group)
     parser.addini("llmcheck_json", "JSON report path", default="llmcheck-report.json")
     parser.addini("llmcheck_html", "HTML report path (empty: no HTML report)", default="")
@@ -60,7 +66,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def _cli_layer(config: pytest.Config) -> Layer:
     lines = list(config.getoption("llmcheck_set"))
-    for key in ("timeout", "seed", "device"):
+    for key in ("timeout", "seed", "device", "profile"):
         value = config.getoption(f"llmcheck_{key}")
         if value is not None:
             lines.append(f"{key}={value}")
@@ -231,7 +237,11 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     if state is None:
         return None
     glob = state.global_settings()
+    try:
+        profile = profile_layer([*state.layers, state.cli_layer], state.checks).source
+    except SettingsError as exc:  # its items fail with the message
+        profile = f"no profile ({exc})"
     return [
         f"llmcheck: {len(state.checks)} checks ({', '.join(state.checks)}); seed={glob['seed']}, "
-        f"device={glob['device']}, timeout={glob['timeout']:g}s per check"
+        f"device={glob['device']}, timeout={glob['timeout']:g}s per check; {profile}"
     ]

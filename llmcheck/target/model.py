@@ -11,6 +11,7 @@ import importlib.util
 import math
 import random
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,10 +168,15 @@ class Target:
         # None until a call shows it is needed, False once a call shows it is not.
         self._full_logits_with: str | None | bool = None
         self.calls = Calls()  # counts forwards and backwards for the watchdog; the worker installs a Heartbeat
+        # Measured costs (llmcheck.measuring.budget.step_costs): the worker hands every check of one
+        # model the same dict, so the model's step time is measured once per worker.
+        self.step_costs: dict[str, Any] = {}
+        self.builds, self.build_s = 0, 0.0  # factory calls and their seconds (the report's build phase)
 
     # -- the model -------------------------------------------------------------------------
     def build(self, seed: int | None = None):
         """A fresh model from the factory, with every RNG seeded first (``seed`` defaults to the run's)."""
+        started = time.perf_counter()
         seed_everything(self.seed if seed is None else seed)
         model = user_call(f"model factory {self.name}()", self.decl.factory)
         if not isinstance(model, torch.nn.Module):
@@ -180,7 +186,9 @@ class Target:
         if self._traits is None:
             self._traits = resolve_traits(self.decl.traits, model)
             self._signature = forward_signature(model)
-        return model.to(self.device)
+        model = model.to(self.device)
+        self.builds, self.build_s = self.builds + 1, self.build_s + time.perf_counter() - started
+        return model
 
     @property
     def traits(self) -> Traits:

@@ -20,6 +20,7 @@ import linecache
 import os
 from pathlib import Path
 
+from llmcheck.measuring import budget
 from llmcheck.registry import Check, Param
 from llmcheck.results import Skip, Verdict
 
@@ -54,6 +55,29 @@ def _rank_argv(t, p) -> list[str]:
     return argv + (["--train-mode"] if p.train_mode else [])
 
 
+def plan_ranks(ctx, p) -> budget.Plan:
+    """The run's fixed cost against ``budget_s``: each rank starts a process (interpreter and torch,
+    as this worker took), imports the model file, builds the model and takes a step; ranks share the
+    cores; then one reference step on the whole batch here."""
+    t = ctx.target
+    costs = budget.step_costs(t)
+    step = budget.train_at(costs, p.per_rank_batch * t.shape()[1])
+    rounds = -(-p.world_size // max(1, os.cpu_count() or 1))  # ranks started one round per core
+    parts = [costs.get("startup_s") or budget.STARTUP_GUESS_S, costs.get("import_s") or 0.0, costs.get("build_s"), step]
+    rank = None if None in parts else sum(parts) * rounds / p.world_size
+    reference = budget.train_at(costs, p.world_size * p.per_rank_batch * t.shape()[1])
+    return budget.plan(
+        ctx,
+        "rank processes",
+        rank,
+        p.world_size,
+        p.world_size,
+        budget.allowed(p),
+        fixed_s=reference or 0.0,
+        check="distributed",
+    )
+
+
 def measure(ctx, p) -> dict:
     import torch
 
@@ -69,6 +93,9 @@ def measure(ctx, p) -> dict:
         raise Skip(why)
     if not any(q.requires_grad for q in t.build().parameters()):
         raise Skip("the model has no trainable parameters: there are no gradients to all-reduce")
+    planned = plan_ranks(ctx, p)
+    if not planned.fits:
+        raise Skip(planned.inconclusive())
     from llmcheck.target.preconditions import require_deterministic, require_finite
 
     require_finite(t)  # ranks and the one-process step must compute the same finite forward
@@ -84,6 +111,7 @@ def measure(ctx, p) -> dict:
         "backend": backend,
         "per_rank_batch": p.per_rank_batch,
         "collective_timeout_s": p.collective_timeout,
+        "plan": planned.to_json(),
         **run,
     }
     if run["outcome"] == "finished":
@@ -331,6 +359,7 @@ CHECK = Check(
             float, 0.0, "relative tolerance, times the parameter's largest reference value (0: by dtype)", minimum=0
         ),
         "atol": Param(float, 0.0, "absolute tolerance (0: by dtype)", minimum=0),
+        "budget_s": budget.param(120.0, "ranks' start-up and steps (skipped, inconclusive, when they would not fit)"),
     },
     timeout=180.0,
 )

@@ -14,6 +14,7 @@ depend on the other prompts in the batch.
 
 from __future__ import annotations
 
+from llmcheck.measuring import budget
 from llmcheck.registry import Check, Param
 from llmcheck.results import Verdict
 
@@ -87,6 +88,8 @@ def judge(m: dict, p) -> Verdict:
         f"longest run: {worst['sampled']}x sampled, {worst['greedy']}x greedy "
         f"(limit {p.max_repeats}, judged on {p.judge_on})",
     ]
+    if m.get("plan", {}).get("cut"):
+        notes.append(m["plan"]["sentence"])
     if p.eos_token_id >= 0:
         notes.append(f"end token {p.eos_token_id} reached within {p.eos_within or m['max_new_tokens']} new tokens")
     elif m.get("config_eos") is not None:
@@ -126,5 +129,6 @@ CHECK = Check(
         "eos_token_id": Param(int, -1, "the end token that generation must produce (-1: none, not judged)", minimum=-1),
         "eos_within": Param(int, 0, "new tokens within which the end token must appear (0: max_new_tokens)", minimum=0),
         "atol": Param(float, 1e-4, "largest |Δ logits| between batched and one-by-one generation", minimum=0),
+        "budget_s": budget.param(30.0, "generation runs (new tokens are cut to fit, never below the loop limit)"),
     },
 )

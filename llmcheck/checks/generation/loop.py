@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from llmcheck.measuring import budget
+from llmcheck.results import Skip
 from llmcheck.target.batches import batches, declared, hook_name
 from llmcheck.target.model import ContractError, seed_everything
 from llmcheck.target.tensors import max_abs_diff
@@ -120,12 +122,29 @@ def _batched_vs_single(t, model, ids, new, p, batched: dict) -> dict:
     return worst
 
 
+def plan_tokens(ctx, p, prompt_len: int, new: int) -> budget.Plan:
+    """New tokens per prompt that fit ``budget_s``. Each new token costs a forward of the whole
+    sequence (no cache) in three batched runs (greedy, sampled twice) and one per prompt alone; the
+    floor sees a loop longer than ``max_repeats`` and, when the end token is judged, its limit."""
+    costs = budget.step_costs(ctx.target, train=False)
+    length = prompt_len + new / 2  # the mean sequence length over the run
+    batched = budget.forward_at(costs, p.prompts * length)
+    single = budget.forward_at(costs, length)
+    unit = None if batched is None else 3 * batched + p.prompts * single
+    floor = p.max_repeats + 1 if p.eos_token_id < 0 else (p.eos_within or new)
+    return budget.plan(ctx, "new tokens per prompt", unit, floor, new, budget.allowed(p), check="generation")
+
+
 def run_generation(ctx, p) -> dict:
     t = ctx.target
-    model = t.build().eval()
     room = (t.traits.max_seq_len or p.prompt_len + p.max_new_tokens) - 1
     prompt_len = max(1, min(p.prompt_len, room))
     new = max(1, min(p.max_new_tokens, room + 1 - prompt_len))
+    planned = plan_tokens(ctx, p, prompt_len, new)
+    if not planned.fits:
+        raise Skip(planned.inconclusive())
+    new = planned.amount
+    model = t.build().eval()
     ids = prompts(t, p.prompts, prompt_len)
     ctx.progress(run="greedy")
     greedy = generate(t, model, ids, new, p)
@@ -144,6 +163,7 @@ def run_generation(ctx, p) -> dict:
         "sampled": _summary(sampled, prompt_len, p),
         "seed_mismatch": _seed_mismatch(sampled["ids"], again["ids"], prompt_len),
         "batched": _batched_vs_single(t, model, ids, new, p, greedy),
+        "plan": planned.to_json(),
     }
 
 

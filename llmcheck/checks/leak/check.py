@@ -17,11 +17,15 @@ from __future__ import annotations
 import ctypes
 import gc
 import itertools
+import time
 
+from llmcheck.measuring import budget
 from llmcheck.registry import Check, Param
-from llmcheck.results import Verdict
+from llmcheck.results import Skip, Verdict
 
 PHASES = ("train", "inference")
+# The trend's least iterations: benchmarks/leak_sensitivity.py catches an 8 KiB/step leak with 10.
+MIN_ITERATIONS = 10
 
 
 class _Mallinfo2(ctypes.Structure):
@@ -142,10 +146,9 @@ class _Census:
         return {name: value - self.offset.get(name, 0.0) for name, value in self.probe.read().items()}
 
 
-def _loop(ctx, p, phase: str, step, probe) -> dict:
+def _loop(ctx, p, phase: str, step, probe, n: int) -> dict:
     import torch
 
-    n = p.iterations
     points = sorted({round(k * (n - 1) / (p.census_points - 1)) for k in range(p.census_points)})
     series = {name: [0.0] * n for name in probe.readers}
     counter = _Census(torch, probe)
@@ -171,7 +174,7 @@ def _loop(ctx, p, phase: str, step, probe) -> dict:
     }
 
 
-def _run_phase(ctx, p, phase: str) -> dict:
+def _run_phase(ctx, p, phase: str, n: int) -> dict:
     import torch
 
     from llmcheck.checks.leak.evidence import graph_holders, growth, holder_of
@@ -182,7 +185,7 @@ def _run_phase(ctx, p, phase: str) -> dict:
         step()
     probe = Probe(t.device)
     snapshot = _start_snapshot(torch, t.device, p)
-    run = _loop(ctx, p, phase, step, probe)
+    run = _loop(ctx, p, phase, step, probe, n)
     for name, values in run["series"].items():
         ctx.record_samples(f"{phase}_{name}_bytes", values)
     ctx.record_samples(f"{phase}_live_tensors", [c for c, _ in run["totals"]])
@@ -219,17 +222,53 @@ def _dump_snapshot(torch, started, ctx, phase: str) -> str | None:
     return str(path)
 
 
+def _plan(ctx, p) -> budget.Plan:
+    """Iterations per phase that fit ``budget_s``: an iteration of every phase (a training step, an
+    inference forward) at the measured cost, after the warm-up and the censuses' full collections."""
+    costs = budget.step_costs(ctx.target, train="train" in p.phases)
+    per = {"train": budget.train_or_forward(costs), "inference": costs.get("forward_s")}
+    units = [per[phase] for phase in p.phases]
+    unit = None if None in units else sum(units)
+    started = time.perf_counter()
+    gc.collect()  # what each census costs: a full collection
+    fixed = p.warmup * (unit or 0.0) + len(p.phases) * p.census_points * (time.perf_counter() - started)
+    return budget.plan(
+        ctx, "iterations per phase", unit, MIN_ITERATIONS, p.iterations, budget.allowed(p), fixed_s=fixed, check="leak"
+    )
+
+
+def sensitivity(phases: dict, p) -> str:
+    """The smallest growth the judged trends could call a leak: the threshold, or the widest half
+    confidence interval of a judged slope when the readings are noisier than that."""
+    from llmcheck.checks.leak.evidence import size
+
+    widths = [
+        (tr["high"] - tr["low"]) / 2
+        for r in phases.values()
+        for name in r["judged"]
+        if (tr := r["trends"].get(name)) is not None
+    ]
+    widest, threshold = max(widths, default=0.0), p.max_bytes_per_iter
+    if widest > threshold:
+        return f"smallest leak detectable ≈ {size(widest)}/iteration (the trend's CI; threshold {size(threshold)})"
+    return f"smallest leak detectable ≈ {size(threshold)}/iteration (the threshold; trend CI ±{size(widest)})"
+
+
 def measure(ctx, p) -> dict:
     from llmcheck.checks.leak.evidence import trends
 
+    plan = _plan(ctx, p)
+    if not plan.fits:
+        raise Skip(plan.inconclusive())
     out = {}
     for phase in p.phases:
-        measured = _run_phase(ctx, p, phase)
+        measured = _run_phase(ctx, p, phase, plan.amount)
         measured["trends"] = {name: trends(measured["series"][name], p.confidence) for name in measured["series"]}
         measured["census_trend"] = _census_trend(measured)
         del measured["series"]  # the curves are in the samples
         out[phase] = measured
-    return {"phases": out, "iterations": p.iterations, "warmup": p.warmup}
+    plan.sensitivity = sensitivity(out, p)
+    return {"phases": out, "iterations": plan.amount, "warmup": p.warmup, "plan": plan.to_json()}
 
 
 def _census_trend(m: dict) -> dict:
@@ -255,7 +294,8 @@ def judge(m: dict, p) -> Verdict:
         )
     if problems:
         return Verdict("failed", "; ".join(problems))
-    return Verdict("passed", "; ".join(notes))
+    planned = m.get("plan")
+    return Verdict("passed", "; ".join(notes + ([planned["sentence"]] if planned else [])))
 
 
 CHECK = Check(
@@ -265,7 +305,10 @@ CHECK = Check(
     measure=measure,
     judge=judge,
     params={
-        "iterations": Param(int, 60, "measured steps per phase, after the warm-up", minimum=10),
+        "iterations": Param(
+            int, 60, "measured steps per phase, after the warm-up (fewer when budget_s affords fewer)", minimum=10
+        ),
+        "budget_s": budget.param(60.0, "warm-up and measured steps of both phases"),
         "warmup": Param(int, 10, "steps before measuring (optimizer state, allocator caches, lazy init)", minimum=1),
         "phases": Param(list, list(PHASES), "which loops to run", item_type=str, choices=PHASES),
         "max_bytes_per_iter": Param(float, 1024.0, "growth per step above which memory leaks (bytes)", minimum=0),

@@ -14,8 +14,11 @@ from __future__ import annotations
 import math
 from statistics import fmean, median
 
+from llmcheck.measuring import budget
 from llmcheck.registry import Check, Param
 from llmcheck.results import Skip, Verdict
+
+MIN_STEPS = 20  # the start and end windows, the spike window and three evaluations need a run this long
 
 
 # -- judgements: pure functions of the curves, shared by both modes ------------------------------
@@ -150,6 +153,8 @@ def judge(m: dict, p) -> Verdict:
     problems = [f for f, _ in findings if f]
     notes = [n for _, n in findings if n]
     where = f"{m['source']}: {len(m['loss'])} steps" + (f", stopped early ({m['stopped']})" if m.get("stopped") else "")
+    if m.get("plan") and m["plan"]["cut"]:
+        where += f" ({m['plan']['sentence']})"
     if problems:
         return Verdict("failed", f"{where}: " + "; ".join(problems))
     return Verdict("passed", f"{where}: " + "; ".join(notes))
@@ -177,6 +182,7 @@ def _evaluate(t, model, batches) -> float:
 
 
 def _live(ctx, p) -> dict:
+    import itertools
     import time
 
     from llmcheck.target.batches import batches, declared
@@ -194,6 +200,11 @@ def _live(ctx, p) -> dict:
     peak, peak_source = _declared_peak(opt, p)
     held_out = list(batches(t, "eval", limit=p.eval_batches)) if declared(t, "eval") else []
     seed_everything(t.seed + 7)
+    stream = batches(t, "train", cycle=True)
+    first = next(stream)
+    plan = _plan(ctx, p, first, len(held_out))
+    if not plan.fits:
+        raise Skip(plan.inconclusive())
     m = {
         "mode": "run",
         "source": "training run",
@@ -206,9 +217,10 @@ def _live(ctx, p) -> dict:
         "peak_lr": peak,
         "peak_source": peak_source,
         "stopped": None,
+        "plan": plan.to_json(),
     }
-    started, stream = time.perf_counter(), batches(t, "train", cycle=True)
-    for i in range(p.steps):
+    started, stream = time.perf_counter(), itertools.chain([first], stream)
+    for i in range(plan.amount):
         if held_out and i % p.eval_every == 0:
             m["val_steps"].append(i)
             m["val_loss"].append(_evaluate(t, model, held_out))
@@ -224,6 +236,19 @@ def _live(ctx, p) -> dict:
         m["val_steps"].append(len(m["steps"]))
         m["val_loss"].append(_evaluate(t, model, held_out))
     return m
+
+
+def _plan(ctx, p, first, held_out: int) -> budget.Plan:
+    """Steps that fit ``budget_s``: a training step on a batch the size of the first one, plus its
+    share of the evaluations (``held_out`` forwards every ``eval_every`` steps)."""
+    t = ctx.target
+    costs = budget.step_costs(t)
+    ids = t.tokens(first)
+    tokens = ids.numel() if ids is not None else costs.get("tokens") or 1
+    step = budget.train_at(costs, tokens)
+    evals = budget.forward_at(costs, tokens)
+    unit = None if step is None else step + (held_out * (evals or 0.0)) / p.eval_every
+    return budget.plan(ctx, "training steps", unit, MIN_STEPS, p.steps, budget.allowed(p), check="training")
 
 
 def _stop_reason(loss: list[float], p, elapsed: float) -> str | None:
@@ -266,7 +291,8 @@ CHECK = Check(
     measure=measure,
     judge=judge,
     params={
-        "steps": Param(int, 100, "training steps of the live run", minimum=1),
+        "steps": Param(int, 100, "training steps of the live run (fewer when budget_s affords fewer)", minimum=1),
+        "budget_s": budget.param(60.0, "live run (its steps and evaluations)"),
         "time_budget": Param(float, 0.0, "seconds after which the live run stops early (0: no limit)", minimum=0),
         "eval_every": Param(int, 20, "steps between evaluations on eval_data", minimum=1),
         "eval_batches": Param(int, 4, "eval_data batches per evaluation", minimum=1),
