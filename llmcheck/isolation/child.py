@@ -117,6 +117,12 @@ class ChildLoop:
         result = self._run(msg, phases)
         result.duration_s = time.perf_counter() - started
         result.phases = phases
+        # What the check left alive stays out of every later check's full collection: the first
+        # optimizer step or compile imports torch._dynamo (~100-200k objects, 0.05-0.15 s per full
+        # collection here, paid before each of a suite's 60 items). Collect once, freeze the rest.
+        # The leak check's holder search unfreezes (llmcheck.checks.leak.evidence.holder_of).
+        gc.collect()
+        gc.freeze()
         sys.stdout.flush()
         sys.stderr.flush()
         return {"op": "result", "result": result.to_json(), "retire": _had_cuda_oom()}

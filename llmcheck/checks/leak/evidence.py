@@ -206,6 +206,9 @@ def _where(obj, modules: dict[int, str], depth: int) -> str | None:
 
 def holder_of(obj, model) -> str | None:
     """Where a live object is kept: ``a list at attribute cache of module blocks.0 (Block)``."""
+    # gc.get_referrers skips frozen objects, and the worker freezes what each check leaves alive
+    # (llmcheck.isolation.child): a list at a module-level global of the model file is among them.
+    gc.unfreeze()
     return _where(obj, _module_names(model), depth=2)
 
 
