@@ -47,3 +47,46 @@ def test_a_submodule_that_ignores_eval_is_named(run_llmcheck):
     record = run_llmcheck(source, "-k", "eval").by_check["eval"]
     assert record["status"] == "failed"
     assert "after model.eval() these modules still have training=True: blocks.0" in record["message"]
+
+
+LSTM_LM = """
+import llmcheck
+import torch.nn as nn
+
+
+class LSTMLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(200, 64)
+        self.rnn = nn.LSTM(64, 64, num_layers=2, dropout=0.2, batch_first=True)
+        self.head = nn.Linear(64, 200)
+
+    def forward(self, idx):
+        out, _ = self.rnn(self.embed(idx))
+        return self.head(out)
+
+
+@llmcheck.model(vocab_size=200)
+def lstm():
+    return LSTMLM()
+"""
+
+
+def test_grad_modes_may_round_differently_but_a_grad_mode_branch_fails(run_llmcheck):
+    """CPU nn.LSTM runs a fused kernel without autograd: grad mode and no_grad differ by rounding
+    (1.9e-8 here), which is no eval bug; a forward that computes something else without grad is."""
+    record = run_llmcheck(LSTM_LM, "-k", "eval").by_check["eval"]
+    assert record["status"] == "passed", record["message"]
+    no_grad = record["metrics"]["comparisons"]["no_grad"]
+    assert 0 < no_grad["allowed"] < 1e-4 and no_grad["max_abs_diff"] <= no_grad["allowed"]
+    assert record["metrics"]["comparisons"]["repeat"]["allowed"] == 0  # repeats stay bit for bit
+
+    branch = LSTM_LM.replace(
+        "        return self.head(out)",
+        "        if not torch.is_grad_enabled():\n            out = out * 1.001  # the bug\n"
+        "        return self.head(out)",
+    ).replace("import torch.nn as nn", "import torch\nimport torch.nn as nn")
+    record = run_llmcheck(branch, "-k", "eval").by_check["eval"]
+    assert record["status"] == "failed"
+    assert "grad mode vs torch.no_grad: outputs differ" in record["message"]
+    assert "the outputs' dtype rounding" in record["message"] and "first differing module: head" in record["message"]
