@@ -100,7 +100,7 @@ def test_a_timeout_kills_the_workers_whole_process_group(run_llmcheck, pytester)
 
 
 def test_a_hang_while_importing_the_model_file_is_a_collection_error_with_the_stack(run_llmcheck):
-    result = run_llmcheck("import time\ntime.sleep(600)\n" + CLEAN, "--llmcheck-set", "startup_timeout=20")
+    result = run_llmcheck("import time\ntime.sleep(600)\n" + CLEAN, "--llmcheck-set", "startup_timeout=10")
     result.stdout.fnmatch_lines(["*llmcheck could not load model.py: timed out during describe*", "*model.py*line 2*"])
     assert result.ret != 0
 
