@@ -1,6 +1,8 @@
 """``llmcheck ab`` end to end: real worker processes, tiny models whose speed differs structurally.
 
-Each run is kept short (a 15-20 s budget on one or two configurations of a ~1 ms forward pass);
+Each run is kept short: an interval is taken over worker-process pairs and needs at least 3 of
+them, so a run costs about three process-pair start-ups (torch imports) plus a few rounds of ~1 s,
+and these tests ask for no more than that (`--min-pairs 3`, 2 rounds per pair, 2 turns per round);
 verdicts, never timings, are asserted. The false-alarm rate itself is shown on simulated data in
 test_ab_statistics.py, and measured on this machine by benchmarks/ab_sensitivity.py.
 """
@@ -19,11 +21,29 @@ from llmcheck.ab import sources as ab_sources
 from llmcheck.reports import ab_report
 
 FAST = ["--set", 'latency.precisions=["float32"]', "--set", "latency.seq_lens=[16]", "-q"]
-# A 20 % change needs no 2 % precision: stop once 4 pairs give ±8 %, which a quiet machine reaches in
-# about 20 s; a busy one keeps adding pairs until the budget, so a disturbed pair is outvoted. Under
-# CI's `-n 2` on two cores, 60 s gave 7 pairs and a -22 % change with CI 0.63-0.97 (not wholly below
-# -5 %): the budget is 90 s, which only a loaded machine uses.
-ADAPTIVE = ["--ab-budget", "90s", "--ab-precision", "8%", "--min-pairs", "4"]
+# The changes below are two blocks on a stack of two (2 -> 4 blocks, a 2x step: measured 1.97-2.07,
+# 4 -> 2 0.485-0.490), so a loose precision decides them: stop once 3 process pairs (the fewest an
+# interval takes) give ±20 %. A stopped run's interval is ratio / 1.2 .. ratio * 1.2, so even with the
+# step halved by load (under CI's `-n 2`, 6 vs 5 blocks measured +10.6 % for +20 %) a regression
+# stops with ci_low >= 1.5 / 1.2 = 1.25 and an improvement with ci_high <= 0.67 * 1.2 = 0.8. Each pair
+# serves 2 rounds (--ab-recycle 2, so these runs also cover rounds grouped into process pairs) of 2
+# turns per side (--ab-repeats 2, still the A B B A order): within a pair the round ratios agree to a
+# few %, it is the pairs that differ. A quiet machine stops after ~15 s (3 pairs); a busy one keeps
+# adding pairs until the budget, so a disturbed pair is outvoted: under `-n 2`, 60 s once gave 7 pairs
+# and a -22 % change with CI 0.63-0.97, so the budget stays 90 s, which only a loaded machine uses.
+# Sensitivity to 10-25 % steps is measured by benchmarks/ab_sensitivity.py, not here.
+ADAPTIVE = [
+    "--ab-budget",
+    "90s",
+    "--ab-precision",
+    "20%",
+    "--min-pairs",
+    "3",
+    "--ab-recycle",
+    "2",
+    "--ab-repeats",
+    "2",
+]
 
 
 def llmcheck_ab(capsys, *args: str) -> tuple[int, str]:
@@ -37,12 +57,17 @@ def test_two_identical_model_files_show_no_significant_change_in_repeated_runs(t
     verdicts = []
     for seed in (1, 2):  # two runs of two configurations each: four A/A comparisons
         out = tmp_path / f"aa{seed}.json"
+        # 15 s holds 3 process pairs of one round here, as before (the budget never stops a run before
+        # the 3 pairs an interval needs); 2 turns per side a round (A B B A) instead of 4 halve each
+        # round, not the process pairs the interval is taken over, so a bias between the sides shows as before.
         code, _ = llmcheck_ab(
             capsys,
             str(base),
             str(head),
             "--ab-budget",
             "15s",
+            "--ab-repeats",
+            "2",
             "--seed",
             str(seed),
             "--set",
@@ -60,9 +85,9 @@ def test_two_identical_model_files_show_no_significant_change_in_repeated_runs(t
 
 def test_a_model_with_two_more_blocks_is_a_regression_in_every_output(tmp_path, monkeypatch, capsys):
     jsonschema = pytest.importorskip("jsonschema")
-    # 7 blocks against 5: fixed per-call overhead dilutes a block's share, and under CI's `pytest -n 2`
-    # 6 against 5 measured only +10.6 % (CI 1.027-1.191); 7 against 5 keeps the step >= 20 % slower there.
-    base, head = write(tmp_path / "base", 5), write(tmp_path / "head", 7)
+    # 4 blocks against 2 (ADAPTIVE says why a 2x step): under CI's `pytest -n 2` 6 against 5 measured
+    # only +10.6 % (CI 1.027-1.191), and 7 against 5 needed 4+ process pairs of 8 rounds (66 s).
+    base, head = write(tmp_path / "base", 2), write(tmp_path / "head", 4)
     monkeypatch.chdir(tmp_path)
     code, table = llmcheck_ab(
         capsys,
@@ -85,6 +110,8 @@ def test_a_model_with_two_more_blocks_is_a_regression_in_every_output(tmp_path, 
     assert code == 1, table
     assert result["verdict"] == "regression", result["message"]
     assert result["estimate"]["ci_low"] > 1.05
+    # the interval is over process pairs (at least 3), each pair serving up to --ab-recycle 2 rounds
+    assert 3 <= result["estimate"]["n"] == result["process_pairs"] < len(result["pairs"])
     ratio = f"{result['estimate']['ratio']:.3f}"
     assert "1 REGRESSION" in table and ratio in table
     markdown = (tmp_path / "ab.md").read_text()
@@ -96,7 +123,7 @@ def test_a_model_with_two_more_blocks_is_a_regression_in_every_output(tmp_path, 
 
 def test_git_ref_path_compares_a_commit_with_the_working_tree_and_removes_its_worktree(tmp_path, monkeypatch, capsys):
     repo = tmp_path / "repo"
-    write(repo, 5)
+    write(repo, 4)
     git = lambda *a: (
         subprocess.run(
             ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *a],  # noqa: E731
@@ -108,8 +135,8 @@ def test_git_ref_path_compares_a_commit_with_the_working_tree_and_removes_its_wo
     )
     git("init", "-q")
     git("add", ".")
-    git("commit", "-q", "-m", "five blocks")
-    write(repo, 3)  # the working tree: two blocks fewer (>= 20 % faster even under CI load), in the sibling module
+    git("commit", "-q", "-m", "four blocks")
+    write(repo, 2)  # the working tree: two blocks fewer (about 2x faster; ADAPTIVE), in the sibling module
     monkeypatch.chdir(repo)
     code, table = llmcheck_ab(
         capsys,
@@ -161,10 +188,15 @@ def test_a_git_spec_names_a_ref_and_a_path():
 def test_the_pytest_option_measures_each_latency_item_against_base(run_llmcheck, pytester):
     from ab_model_sources import BLOCKS, STACK
 
-    # The plumbing is under test here, not the sensitivity (the CLI tests take 20 %): 8 blocks against
-    # 5 is a change no loaded CI machine hides (one run under `pytest -n 2` saw 6 vs 5 as 1.167, CI 0.97-1.40).
+    # The plumbing is under test here, not the sensitivity (benchmarks/ab_sensitivity.py). The option has no
+    # --min-pairs, so its precision stop waits for 5 process pairs (the old 60 s); a 10 s budget instead
+    # ends the run at the 3 process pairs an interval needs (a budget never ends it sooner). With 3 pairs
+    # the interval is ratio * exp(+-2.48 sd) (t = 4.30): under `pytest -n 2` the pairs' log ratios have
+    # shown sd 0.15 (6 vs 5 blocks: 1.167, CI 0.97-1.40 over ~5 pairs), which 8 vs 5 (~1.5) would not
+    # clear. 16 blocks against 5 (~3x) does: it stays a regression with sd up to 0.45, e.g. one pair of
+    # three slowed 2x; its forward (~6 ms) still takes 10 samples within a turn's 80 ms.
     write(pytester.path / "base", 5)
-    (pytester.path / "blocks.py").write_text(BLOCKS.format(n=8))
+    (pytester.path / "blocks.py").write_text(BLOCKS.format(n=16))
     result = run_llmcheck(
         STACK,
         "-k",
@@ -176,7 +208,7 @@ def test_the_pytest_option_measures_each_latency_item_against_base(run_llmcheck,
         "--llmcheck-ab-base",
         "base/model.py",
         "--llmcheck-ab-budget",
-        "60s",
+        "10s",
         "--llmcheck-ab-precision",
         "8%",
         "--llmcheck-html",
