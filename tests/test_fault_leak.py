@@ -117,3 +117,22 @@ def test_a_one_off_step_in_memory_is_not_judged_a_leak():
     assert leaking(_phase(steady), _params()) == ["heap"]
     below = [float(512 * i) for i in range(60)]  # real, but under the 1 KiB threshold
     assert leaking(_phase(below), _params()) == []
+
+
+# Activations kept in a module-level list of the model file, which exists from the file's import on.
+GLOBAL_LIST = variant(
+    "        q, k, v = self.qkv(",
+    "        SEEN.append(x.detach())\n        q, k, v = self.qkv(",
+    variant("class Block(nn.Module):", "SEEN = []\n\n\nclass Block(nn.Module):"),
+)
+
+
+def test_a_module_level_list_is_named_even_after_other_checks_ran_in_the_worker(run_llmcheck):
+    """The worker freezes what each check leaves alive (gc.freeze: a full collection then skips
+    it), the model file's globals among them once a check ran before the leak check; the holder
+    search must still see them."""
+    result = run_llmcheck(GLOBAL_LIST, *FAST[2:], "-k", "eval or leak")
+    assert [r["check"] for r in result.report["results"]] == ["eval", "leak"]  # eval ran first
+    r = result.by_check["leak"]
+    assert r["status"] == "failed", r["message"]
+    assert "held by a list in global SEEN of model.py" in r["message"], r["message"]
