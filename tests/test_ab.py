@@ -250,6 +250,24 @@ def test_a_model_missing_from_base_is_an_error_item_that_names_it(run_llmcheck, 
     assert "model 'stack' is not declared in BASE base/model.py (BASE declares: other_name)" in record["message"]
 
 
+def ab_document(result: dict, side: dict, options: dict | None = None) -> dict:
+    """An A/B document of one latency result, BASE and HEAD the same ``side``, over 4 rounds."""
+    return ab_report.build(
+        check="latency",
+        metric="forward",
+        statistic="min",
+        base=side,
+        head=side,
+        rounds=4,
+        options=dict(ab.Options().__dict__) if options is None else options,
+        results=[result],
+        environment={},
+        producer={},
+        started=0.0,
+        finished=1.0,
+    )
+
+
 def test_user_strings_are_escaped_in_the_html_and_markdown_outputs():
     from llmcheck.reports import ab_html
 
@@ -270,21 +288,7 @@ def test_user_strings_are_escaped_in_the_html_and_markdown_outputs():
         "estimate": {"n": 4, "ratio": 1.015, "ci_low": 0.99, "ci_high": 1.04, "half_width": 0.025},
         "detectable": None,
     }
-    side = {"spec": "<script>alert(1)</script>.py", "path": "p", "commit": None}
-    doc = ab_report.build(
-        check="latency",
-        metric="forward",
-        statistic="min",
-        base=side,
-        head=side,
-        rounds=4,
-        options=dict(ab.Options().__dict__),
-        results=[result],
-        environment={},
-        producer={},
-        started=0.0,
-        finished=1.0,
-    )
+    doc = ab_document(result, {"spec": "<script>alert(1)</script>.py", "path": "p", "commit": None})
     html = ab_html.render(doc)
     assert "<script>" not in html and "&lt;script&gt;" in html and "<img" not in html and "<b>x" not in html
     assert html.count("<svg") == 1 and "1.015" in html
@@ -305,21 +309,8 @@ def test_the_reports_describe_rounds_on_warm_process_pairs_as_the_engine_runs_th
     side = {"spec": "m.py", "path": "p", "commit": None}
 
     def document(**options):
-        opts = {**ab.Options().__dict__, **options}
-        return ab_report.build(
-            check="latency",
-            metric="forward",
-            statistic="min",
-            base=side,
-            head=side,
-            rounds=4,
-            options={k: v for k, v in opts.items() if v is not None},
-            results=[result],
-            environment={},
-            producer={},
-            started=0.0,
-            finished=1.0,
-        )
+        options = {**ab.Options().__dict__, **options}
+        return ab_document(result, side, {k: v for k, v in options.items() if v is not None})
 
     warm = "a warm pair of worker processes (one BASE, one HEAD) serves up to 8 rounds before a fresh pair starts"
     default = document()
