@@ -318,6 +318,9 @@ def test_the_reports_describe_rounds_on_warm_process_pairs_as_the_engine_runs_th
     for text in (ab_report.markdown(default), ab_html.render(default), ab_html.record_view(record)["plan"]):
         assert warm in text and "fresh processes" not in text and "fresh BASE and HEAD processes" not in text
     assert "min of each turn's samples" in ab_report.markdown(default)
+    # 4 rounds in 2 warm process pairs: the table counts both, the interval's unit in brackets
+    assert "| rounds (process pairs) |" in ab_report.markdown(default) and "| 4 (2) |" in ab_report.markdown(default)
+    assert "4 (2)" in ab_report.table(default) and "<th>rounds (process pairs)</th>" in ab_html.render(default)
     every_round = "a fresh pair of worker processes (one BASE, one HEAD) every round"
     assert every_round in ab_report.markdown(document(recycle=1))
     # a document from before pairs were reused has no recycle: its rounds each had a fresh pair

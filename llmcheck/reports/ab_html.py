@@ -18,7 +18,7 @@ from typing import Any
 from markupsafe import Markup
 
 from llmcheck.reports import pages
-from llmcheck.reports.ab_report import ICONS, headline, process_plan
+from llmcheck.reports.ab_report import ICONS, headline, process_plan, rounds
 from llmcheck.reports.files import atomic_write_text
 
 W, H, LEFT, RIGHT, TOP, BOTTOM = 640, 220, 56, 16, 14, 30
@@ -75,7 +75,7 @@ def ratio_svg(result: dict[str, Any], threshold: float) -> str:
         dot = ET.SubElement(svg, "circle", cx=f"{x(i):.1f}", cy=f"{y(r):.1f}", r="4", fill="#1f2328")
         ET.SubElement(dot, "title").text = f"pair {i + 1}: {r:.4f}"
     text = ET.SubElement(svg, "text", x=str(LEFT), y=str(H - 8), fill="#57606a", **{"font-size": "11"})
-    text.text = f"{len(ratios)} pairs in run order; band: {est.get('confidence', 0.95):.0%} CI of the ratio"
+    text.text = f"{len(ratios)} rounds in run order; band: {est.get('confidence', 0.95):.0%} CI of the ratio"
     return ET.tostring(svg, encoding="unicode")
 
 
@@ -101,7 +101,12 @@ def _hline(svg, ypos: float, colour: str, dash: str, label: str, width: str = "1
 def views(results: list[dict[str, Any]], threshold: float) -> list[dict[str, Any]]:
     """Per configuration: what the templates show (the SVG is serialized, so marked safe)."""
     return [
-        {**r, "icon": ICONS.get(r["verdict"], ""), "svg": Markup(ratio_svg(r, threshold)) if r["pairs"] else None}
+        {
+            **r,
+            "icon": ICONS.get(r["verdict"], ""),
+            "rounds": rounds(r),
+            "svg": Markup(ratio_svg(r, threshold)) if r["pairs"] else None,
+        }
         for r in results
     ]
 

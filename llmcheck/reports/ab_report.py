@@ -189,12 +189,20 @@ def headline(doc: dict[str, Any]) -> str:
     ) + f" ({verdicts})"
 
 
+def rounds(result: dict[str, Any]) -> str:
+    """``77 (10)``: the result's rounds (one BASE/HEAD pair of turns each) and the process pairs they
+    ran in, the interval's unit; a document from before warm pairs had a fresh pair every round."""
+    pairs = result["pairs"]
+    processes = result.get("process_pairs") or len({p.get("process", -i) for i, p in enumerate(pairs, 1)})
+    return f"{len(pairs)} ({processes})"
+
+
 def table(doc: dict[str, Any]) -> str:
-    """The terminal table: config, pairs, BASE and HEAD medians, ratio, CI and verdict, then the messages."""
+    """The terminal table: config, rounds (process pairs), BASE and HEAD medians, ratio, CI and verdict."""
     stat = doc["statistic"]
     head = [
         "config",
-        "pairs",
+        "rounds (process pairs)",
         f"BASE {stat}",
         f"HEAD {stat}",
         "ratio",
@@ -204,7 +212,7 @@ def table(doc: dict[str, Any]) -> str:
     rows = [
         [
             f"{r['model']}::{r['id']}",
-            str(len(r["pairs"])),
+            rounds(r),
             _ms(r["base_median_ms"]),
             _ms(r["head_median_ms"]),
             *_ratio(r),
@@ -238,13 +246,13 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{o['confidence']:.0%} CI, budget {o['budget_s']:g} s, precision target ±{o['precision']:.0%}, "
         f"seed {o['seed']}.",
         "",
-        f"| | config | pairs | BASE | HEAD | ratio HEAD/BASE | {o['confidence']:.0%} CI | verdict |",
+        f"| | config | rounds (process pairs) | BASE | HEAD | ratio HEAD/BASE | {o['confidence']:.0%} CI | verdict |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["results"]:
         ratio, ci = _ratio(r)
         lines.append(
-            f"| {ICONS.get(r['verdict'], '')} | {cell(r['model'] + '::' + r['id'])} | {len(r['pairs'])} | "
+            f"| {ICONS.get(r['verdict'], '')} | {cell(r['model'] + '::' + r['id'])} | {rounds(r)} | "
             f"{_ms(r['base_median_ms'])} | {_ms(r['head_median_ms'])} | {ratio} | {ci} | {cell(r['verdict'])} |"
         )
     lines += ["", *[f"- {cell(r['model'] + '::' + r['id'])}: {cell(r['message'])}" for r in doc["results"]]]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmcheck.reports.ab_report import ICONS
+from llmcheck.reports.ab_report import ICONS, rounds
 from llmcheck.reports.markdown import cell
 
 MARKER = "<!-- llmcheck -->"
@@ -100,7 +100,7 @@ def _ab_row(part: dict[str, Any], r: dict[str, Any]) -> str:
     ms = lambda v: "-" if v is None else f"{v:.4g} ms"  # noqa: E731
     where = f"{part['head']['spec']}::{r['model']}::{r['id']}"
     return (
-        f"| {ICONS.get(r['verdict'], '')} | {cell(where)} | {len(r['pairs'])} ({r.get('process_pairs', '?')}) | "
+        f"| {ICONS.get(r['verdict'], '')} | {cell(where)} | {rounds(r)} | "
         f"{ms(r['base_median_ms'])} | {ms(r['head_median_ms'])} | {ratio} | {ci} | {could} | {cell(r['verdict'])} |"
     )
 
