@@ -83,7 +83,13 @@ def test_killing_the_session_mid_run_leaves_a_valid_report_of_what_finished(tmp_
         session = subprocess.Popen(cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     worker = None
     try:
-        wait_for(lambda: (tmp_path / "hung.pid").exists() or session.poll() is not None, 180, "the eval check to hang")
+        # the model creates hung.pid, then writes its pid: wait for the digits, not only the file
+        hung = tmp_path / "hung.pid"
+        wait_for(
+            lambda: (hung.exists() and hung.read_text().strip().isdigit()) or session.poll() is not None,
+            180,
+            "the eval check to hang",
+        )
         assert session.poll() is None, (tmp_path / "out.txt").read_text()
         worker = int((tmp_path / "hung.pid").read_text())
         session.send_signal(sig)
