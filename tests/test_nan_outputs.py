@@ -205,7 +205,7 @@ RECORDS = {
         "still_training": [],
         "nan_module": "head (Linear)",
         "comparisons": {
-            c: {"max_abs_diff": INF, "culprit": "head (Linear)", "culprit_abs_diff": INF, "nan": NAN}
+            c: {"max_abs_diff": INF, "allowed": 0.0, "culprit": "head (Linear)", "culprit_abs_diff": INF, "nan": NAN}
             for c in ("repeat", "no_grad", "inference_mode", "toggle")
         },
     },

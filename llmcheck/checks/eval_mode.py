@@ -87,7 +87,7 @@ def judge(m: dict, p) -> Verdict:
         where = f"; first module whose output holds NaN: {m['nan_module']}" if m.get("nan_module") else ""
         problems.append(f"{', '.join(COMPARISONS[n] for n in nan)}: {nan_problem(first)}{where}")
     for name, c in m["comparisons"].items():
-        allowed = c.get("allowed", p.atol)
+        allowed = c["allowed"]
         if c["max_abs_diff"] > allowed and name not in nan:
             where = (
                 f"; first differing module: {c['culprit']} (max |Δ| = {c['culprit_abs_diff']:.3g})"
