@@ -64,6 +64,9 @@ class Check:
     # ([{"metrics", "samples"} per process], params) -> merged metrics; pure, torch-free. When set, the
     # harness measures in ``processes`` worker processes and judges the merged metrics (llmcheck.isolation.processes).
     merge: Callable[[list[dict[str, Any]], Params], dict[str, Any]] | None = None
+    # Modules the session's fork server imports (after torch) for the processes this check starts
+    # through it (llmcheck.isolation.forkserver); empty: the check starts no processes that way.
+    preload: tuple[str, ...] = ()
 
     def __post_init__(self):
         unknown = set(self.needs) - set(KNOWN_NEEDS)

@@ -265,11 +265,27 @@ def _trace_os_exit(fault) -> None:
 def watch_parent(parent: int, every: float = 0.5) -> None:
     """End this worker and its process group when the process that started it is gone (a pytest
     process killed outright, an xdist worker that crashed): the worker runs in a session of its
-    own, so nothing else would stop a check that is still running, or hung, for its dead parent."""
+    own, so nothing else would stop a check that is still running, or hung, for its dead parent.
+    A process whose parent is not ``parent`` (forked by llmcheck.isolation.forkserver for it)
+    watches ``parent`` by its pid instead."""
     import threading
 
+    adopted = os.getppid() != parent  # forked by the fork server for ``parent`` (a distributed rank)
+
+    def gone() -> bool:
+        if not adopted:
+            return os.getppid() != parent
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        with open(f"/proc/{parent}/stat", "rb") as f:  # a zombie is gone too: it was not reaped yet
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+
     def watch():
-        while os.getppid() == parent:
+        while not gone():
             time.sleep(every)
         os.killpg(os.getpgrp(), signal.SIGKILL)
 

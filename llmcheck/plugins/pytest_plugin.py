@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from llmcheck.isolation.worker import WorkerPool
-from llmcheck.plugins import ab_items, benchmark_bridge, progress
+from llmcheck.plugins import ab_items, benchmark_bridge, prewarm, progress
 from llmcheck.plugins.items import CheckItem, ModelDir, ModelFile, declares_models
 from llmcheck.plugins.report_writer import RECORD_ATTR, ReportWriter
 from llmcheck.plugins.scheduling import Slots
@@ -26,6 +26,7 @@ TMP_KEY = pytest.StashKey[Path]()
 PROGRESS_KEY = pytest.StashKey[float]()
 SLOTS_KEY = pytest.StashKey[Slots]()
 SCHEDULING_KEY = pytest.StashKey[dict]()  # on an item: when it ran, on which xdist worker, how long it waited
+FORKSERVER_KEY = pytest.StashKey[object]()  # the session's fork server (plugins/prewarm.py), or None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -105,6 +106,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[TMP_KEY] = tmp
     config.stash[STATE_KEY] = State(checks, layers, cli, WorkerPool(tmp, cwd=str(config.invocation_params.dir)))
     config.stash[SLOTS_KEY] = Slots(config)
+    config.stash[FORKSERVER_KEY] = prewarm.start(config, config.stash[STATE_KEY], tmp)
     if not hasattr(config, "workerinput"):  # xdist workers send records to the controller instead
         if config.pluginmanager.hasplugin("xdist"):
             from llmcheck.plugins.xdist_hooks import XdistHooks
@@ -123,6 +125,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(STATE_KEY, None)
     if state is not None:
+        prewarm.stop(config.stash.get(FORKSERVER_KEY, None))
         state.pool.close()
         shutil.rmtree(config.stash[TMP_KEY], ignore_errors=True)
     writer = config.stash.get(WRITER_KEY, None)
@@ -183,10 +186,20 @@ def _is_test_module(path: Path, parent: pytest.Collector) -> bool:
     return False
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    server = session.config.stash.get(FORKSERVER_KEY, None)
+    if server is not None and not prewarm.needed(session.items, session.config.stash[STATE_KEY]):
+        prewarm.stop(server)
+        session.config.stash[FORKSERVER_KEY] = None
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
     if not isinstance(item, CheckItem):
         return (yield)
+    server = item.config.stash.get(FORKSERVER_KEY, None)
+    if server is not None and item.check.timing:
+        server.settle()  # its start-up must not run beside a measurement
     every = item.config.stash.get(PROGRESS_KEY, 0)
     with item.config.stash[SLOTS_KEY].hold(exclusive=item.check.timing) as slot:
         item.stash[SCHEDULING_KEY] = slot

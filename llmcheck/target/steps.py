@@ -9,11 +9,19 @@ from typing import Any
 import torch
 
 
-def train_step(target, model, optimizer, scheduler, batch) -> float:
-    """One optimisation step with the target's loss; returns the loss before the step."""
+def train_step(target, model, optimizer, scheduler, batch, max_grad_norm: float = 0.0, norms=None) -> float:
+    """One optimisation step with the target's loss; returns the loss before the step. With
+    ``max_grad_norm`` > 0 the gradients' total norm is clipped to it first (as HF Trainer's
+    ``max_grad_norm`` and nanoGPT's ``grad_clip`` do); ``norms``, a list, receives each step's
+    total norm before clipping."""
     optimizer.zero_grad(set_to_none=True)
     loss, _ = target.loss(model, batch)
     loss.backward()
+    if max_grad_norm > 0 or norms is not None:
+        limit = max_grad_norm if max_grad_norm > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_([q for q in model.parameters() if q.grad is not None], limit)
+        if norms is not None:
+            norms.append(float(norm))
     optimizer.step()
     if scheduler is not None:
         scheduler.step()

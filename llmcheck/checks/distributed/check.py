@@ -112,6 +112,8 @@ def measure(ctx, p) -> dict:
         "per_rank_batch": p.per_rank_batch,
         "collective_timeout_s": p.collective_timeout,
         "plan": planned.to_json(),
+        # forked by the session's fork server (torch imported once, ahead) or new interpreters
+        "ranks_started_by": "forkserver" if all(ddp_launch.forked(r) for r in ranks) else "interpreter",
         **run,
     }
     if run["outcome"] == "finished":
@@ -342,6 +344,14 @@ CHECK = Check(
     "lines; a collective hang is caught with every rank's stack",
     measure=measure,
     judge=judge,
+    # the ranks are forked by the session's fork server, these already imported (launch.start)
+    preload=(
+        "torch._dynamo",  # DDP's constructor imports it: 1.8 s of each rank's start-up otherwise
+        "torch.distributed",
+        "torch.nn.parallel",
+        "safetensors.torch",
+        "llmcheck.checks.distributed.torchrun",
+    ),
     params={
         "world_size": Param(int, 2, "ranks to start (NCCL: one GPU each)", minimum=2),
         "per_rank_batch": Param(int, 2, "rows of the batch each rank trains on", minimum=1),

@@ -1,7 +1,9 @@
 """Start the ranks of the distributed check and watch them: the parent side (no torch).
 
-Each rank is ``python -m llmcheck.ddp_rank`` in its own session (so its whole tree can be killed),
-rendezvousing through a FileStore in the scratch folder: no port to pick, none to collide with a
+Each rank is ``python -m llmcheck.checks.distributed.torchrun`` in its own session (so its whole
+tree can be killed): forked by the session's fork server when there is one (torch already
+imported: llmcheck.isolation.forkserver), started as a new interpreter otherwise. The ranks
+rendezvous through a FileStore in the scratch folder: no port to pick, none to collide with a
 parallel run. Every rank appends its phase (``joined``, ``build``, ``forward``, ``backward``,
 ``optimizer``, ``write``, ``gather``, ``done``) and the time to ``rankN.phase``. Once every rank
 has joined the process group, the step must finish within ``collective_timeout``; otherwise each rank's
@@ -17,13 +19,14 @@ import dataclasses
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmcheck.isolation import frames, stacks
+from llmcheck.isolation import forkserver, frames, stacks
 from llmcheck.isolation.output import read_tail
 from llmcheck.isolation.worker import describe_exit
 
@@ -36,7 +39,7 @@ FOLLOW = 3.0  # seconds the other ranks get to exit on their own once one has fa
 @dataclass
 class Rank:
     rank: int
-    proc: subprocess.Popen
+    proc: subprocess.Popen | forkserver.Forked
     log: Path
     fault: Path
     phase_file: Path
@@ -84,18 +87,27 @@ def start(job: dict, out: Path, world_size: int) -> list[Rank]:
             "--fault",
             str(fault),
         ]
-        with open(log, "wb") as f:
-            proc = subprocess.Popen(
-                cmd,
-                env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
-                stdin=subprocess.DEVNULL,
-                stdout=f,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=job.get("cwd"),
-            )
-        ranks.append(Rank(r, proc, log, fault, out / f"rank{r}.phase", time.time()))
+        rank_env = dict(env, RANK=str(r), LOCAL_RANK=str(r))
+        started = time.time()
+        proc = forkserver.fork(cmd[2], cmd[3:], rank_env, job.get("cwd"), log, out / f"rank{r}.exit")
+        if proc is None:  # no fork server (under xdist, LLMCHECK_NO_FORKSERVER=1, or it is gone)
+            with open(log, "wb") as f:
+                proc = subprocess.Popen(
+                    cmd,
+                    env=rank_env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    cwd=job.get("cwd"),
+                )
+        ranks.append(Rank(r, proc, log, fault, out / f"rank{r}.phase", started))
     return ranks
+
+
+def forked(rank: Rank) -> bool:
+    """Whether the fork server started this rank."""
+    return isinstance(rank.proc, forkserver.Forked)
 
 
 def watch(ranks: list[Rank], startup_timeout: float, collective_timeout: float, progress) -> dict:
@@ -111,7 +123,7 @@ def watch(ranks: list[Rank], startup_timeout: float, collective_timeout: float, 
                     "phases_s": [r.times() | {"exit": round(time.time() - r.started, 3)} for r in ranks],
                 }
             if any(c not in (None, 0) for c in codes):
-                first = [r.rank for r, c in zip(ranks, codes) if c not in (None, 0)]
+                first = _first([(r, c) for r, c in zip(ranks, codes) if c not in (None, 0)])
                 _wait_all(ranks, FOLLOW)  # the others may fail on their own (a peer closed the connection)
                 return _failed(ranks, first)
             now = time.monotonic()
@@ -135,6 +147,11 @@ def kill(ranks: list[Rank]) -> list[int]:
     known = [d for r in ranks for d in stacks.descendants(r.proc.pid)]
     left: set[int] = set()
     for r in ranks:
+        if r.proc.poll() is None:
+            try:  # a forked rank may not have called setsid yet: its group would not exist
+                os.kill(r.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         left.update(stacks.kill_tree(r.proc.pid, known))
         try:
             r.proc.wait(timeout=5)
@@ -169,6 +186,16 @@ def _wait_all(ranks: list[Rank], seconds: float) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end and any(r.proc.poll() is None for r in ranks):
         time.sleep(POLL)
+
+
+def _first(failed: list[tuple[Rank, int]]) -> list[int]:
+    """The ranks that failed first: by the time the fork server reaped them when it did (its
+    statuses arrive a poll late, so a rank that failed because its peer did is often seen in the
+    same poll), else every rank seen failed in this poll."""
+    times = [getattr(r.proc, "exited_at", None) for r, _ in failed]
+    if None in times:
+        return [r.rank for r, _ in failed]
+    return [r.rank for (r, _), t in zip(failed, times) if t == min(times)]
 
 
 def _failed(ranks: list[Rank], first: list[int]) -> dict:

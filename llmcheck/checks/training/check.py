@@ -48,7 +48,13 @@ def divergence(steps, loss, p) -> tuple[str | None, str | None]:
     ), None
 
 
-def spikes(steps, loss, p) -> tuple[str | None, str | None]:
+def _norm_median(norms, i: int, w: int) -> str:
+    return f", median {median(norms[i - w : i]):.3g}" if i >= w else ""
+
+
+def spikes(steps, loss, p, norms=()) -> tuple[str | None, str | None]:
+    """Losses above ``spike_factor`` x the running median; with the live run's gradient norms, each
+    names the step's gradient norm (before clipping) against the median of the window."""
     end = divergence_index(loss, p)
     end = len(loss) if end is None else end
     w = _window(len(loss), p)
@@ -56,7 +62,8 @@ def spikes(steps, loss, p) -> tuple[str | None, str | None]:
     for i in range(w, end):
         ref = median(loss[i - w : i])
         if ref > 0 and loss[i] > p.spike_factor * ref:
-            found.append(f"step {steps[i]}: {loss[i]:.4g} = {loss[i] / ref:.1f}x the median {ref:.4g}")
+            norm = f" (gradient norm {norms[i]:.3g}{_norm_median(norms, i, w)})" if len(norms) > i else ""
+            found.append(f"step {steps[i]}: {loss[i]:.4g} = {loss[i] / ref:.1f}x the median {ref:.4g}{norm}")
     rule = f"> {p.spike_factor:g}x the median of the previous {w} steps"
     if len(found) > p.max_spikes:
         more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
@@ -140,15 +147,32 @@ def lr_schedule(lr_steps, lr, peak, p, peak_source: str = "") -> tuple[str | Non
     return None, f"lr {lr[0]:.3g} -> peak {lr[top]:.3g} (step {lr_steps[top]}) -> {lr[-1]:.3g}{declared}"
 
 
+def clipping(m: dict) -> tuple[str | None, str | None]:
+    """A note on the gradient norms of the live run: how often clipping acted, and the largest."""
+    norms, limit = m.get("grad_norm") or [], m.get("max_grad_norm") or 0.0
+    if not norms:
+        return None, None
+    top = max(range(len(norms)), key=norms.__getitem__)
+    largest = f"largest {norms[top]:.3g} at step {m['steps'][top]}"
+    if not limit:
+        return None, f"gradients not clipped (training.max_grad_norm = 0): total norm {largest}"
+    clipped = sum(n > limit for n in norms)
+    return None, (
+        f"gradients clipped to total norm {limit:g} on {clipped} of {len(norms)} steps ({largest}; "
+        "training.max_grad_norm = 0 trains without clipping)"
+    )
+
+
 def judge(m: dict, p) -> Verdict:
     findings = [
         divergence(m["steps"], m["loss"], p),
-        spikes(m["steps"], m["loss"], p),
+        spikes(m["steps"], m["loss"], p, m.get("grad_norm") or ()),
         plateau(m["steps"], m["loss"], p),
         overfitting(m["steps"], m["loss"], m["val_steps"], m["val_loss"], p)
         if m["val_steps"]
         else (None, "over-fitting not judged: no validation curve (declare @llmcheck.eval_data)"),
         lr_schedule(m["lr_steps"], m["lr"], m["peak_lr"], p, m["peak_source"]),
+        clipping(m),
     ]
     problems = [f for f, _ in findings if f]
     notes = [n for _, n in findings if n]
@@ -218,6 +242,8 @@ def _live(ctx, p) -> dict:
         "peak_source": peak_source,
         "stopped": None,
         "plan": plan.to_json(),
+        "max_grad_norm": p.max_grad_norm,
+        "grad_norm": [],  # each step's total gradient norm before clipping
     }
     started, stream = time.perf_counter(), itertools.chain([first], stream)
     for i in range(plan.amount):
@@ -227,7 +253,7 @@ def _live(ctx, p) -> dict:
         m["lr_steps"].append(i)
         m["lr"].append(float(opt.param_groups[0]["lr"]))
         m["steps"].append(i)
-        m["loss"].append(train_step(t, model, opt, sched, next(stream)))
+        m["loss"].append(train_step(t, model, opt, sched, next(stream), p.max_grad_norm, m["grad_norm"]))
         ctx.progress(step=i, loss=m["loss"][-1])
         m["stopped"] = _stop_reason(m["loss"], p, time.perf_counter() - started)
         if m["stopped"]:
@@ -278,8 +304,8 @@ def _from_log(p) -> dict:
 
 def measure(ctx, p) -> dict:
     m = _from_log(p) if p.log else _live(ctx, p)
-    for name in ("loss", "lr", "val_loss"):
-        if m[name]:
+    for name in ("loss", "lr", "val_loss", "grad_norm"):
+        if m.get(name):
             ctx.record_samples(name, m[name])
     return m
 
@@ -304,6 +330,13 @@ CHECK = Check(
         ),
         "spike_factor": Param(float, 2.0, "loss above this multiple of the running median is a spike", minimum=1),
         "max_spikes": Param(int, 0, "spikes allowed", minimum=0),
+        "max_grad_norm": Param(
+            float,
+            1.0,
+            "clip the gradients' total norm to this before each step of the live run, as HF Trainer "
+            "(max_grad_norm=1.0) and nanoGPT (grad_clip=1.0) do by default (0: no clipping)",
+            minimum=0,
+        ),
         "min_improvement": Param(
             float, 0.05, "fraction by which the loss must fall from start to end", minimum=0, maximum=1
         ),
