@@ -182,6 +182,16 @@ def test_fuzz_plans_fewer_examples_on_a_slow_model_and_skips_below_its_floor():
     assert not fuzz._plan(FakeContext(FakeTarget(forward_s=2.0)), p, (1, 32)).fits
 
 
+def test_fuzz_searches_stop_within_the_budget_not_only_within_max_seconds():
+    from llmcheck.checks.fuzz import search_seconds
+
+    # quick profile (budget 5 s): max_seconds 5 + 2.5 overshot it by half (8.3 s measured on GPT-2 small)
+    assert search_seconds(params(max_seconds=5.0, budget_s=5.0)) == (4.0, 1.0)
+    assert search_seconds(params(max_seconds=5.0, budget_s=20.0)) == (5.0, 2.5)  # default: max_seconds binds
+    assert search_seconds(params(max_seconds=30.0, budget_s=60.0)) == (30.0, 12.0)  # full
+    assert sum(search_seconds(params(max_seconds=5.0, budget_s=100.0, timeout=5.0))) <= 4.0  # 80% of the timeout
+
+
 def test_distributed_is_skipped_when_its_ranks_would_not_fit_the_budget():
     from llmcheck.checks.distributed.check import plan_ranks
 

@@ -231,6 +231,14 @@ def _coverage(tried: list[dict]) -> dict:
     }
 
 
+def search_seconds(p) -> tuple[float, float]:
+    """The clocks of the free search and of the one pinned at the longest length: within the
+    budget too (80% and 20% of it), each also capped by ``max_seconds`` (the pinned one by half).
+    Only a failure found renews a clock, to shrink it."""
+    seconds = budget.allowed(p)[0]
+    return min(p.max_seconds, 0.8 * seconds), min(max(1.0, p.max_seconds / 2), 0.2 * seconds)
+
+
 def _plan(ctx, p, lengths: tuple[int, int]) -> budget.Plan:
     """Examples that fit ``budget_s``: a forward at the mean example size (batch 1..max_batch_size,
     length over ``lengths``), a quarter more for the search pinned at the longest length."""
@@ -265,6 +273,7 @@ def measure(ctx, p) -> dict:
     if not planned.fits:
         raise Skip(planned.inconclusive())
     examples = planned.amount
+    free_s, pinned_s = search_seconds(p)
     out = {
         "seed": seed,
         "vocab_size": vocab,
@@ -274,13 +283,14 @@ def measure(ctx, p) -> dict:
         "max_batch_size": p.max_batch_size,
         "masks": masks,
         "plan": planned.to_json(),
+        "search_seconds": [round(free_s, 3), round(pinned_s, 3)],
     }
     with Probe(t, model, masks, (shortest, longest)) as probe:
         kept, tail = probe.expected
         out["output_shape"] = "[" + ", ".join([*"BT"[:kept], *map(str, tail)]) + "]"
         ctx.progress(search="free", examples=examples)
         free = _search(
-            probe, _cases(p.max_batch_size, st.integers(shortest, longest), masks), examples, seed, p.max_seconds
+            probe, _cases(p.max_batch_size, st.integers(shortest, longest), masks), examples, seed, free_s
         )
         searches = [("free", free)]
         if "case" not in free and longest > shortest:
@@ -290,7 +300,7 @@ def measure(ctx, p) -> dict:
                 _cases(p.max_batch_size, st.just(longest), masks),
                 max(4, examples // 5),
                 seed + 1,
-                max(1.0, p.max_seconds / 2),
+                pinned_s,
             )
             searches.append(("at max_seq_len", pinned))
     tried = [c for _, s in searches for c in s.pop("tried")]
