@@ -85,13 +85,18 @@ def test_overlapping_finds_a_timing_item_that_shared_the_machine():
 
 
 HOLDER = """
-import sys, time
+import os, sys, time
 from types import SimpleNamespace
 from llmcheck.plugins.scheduling import Slots
 config = SimpleNamespace(workerinput={"workerid": sys.argv[1], "workercount": 2, "llmcheck_slots": sys.argv[2]})
+print("asking", flush=True)
 with Slots(config).hold(exclusive=sys.argv[3] == "x") as info:
     print("holding", flush=True)
-    time.sleep(float(sys.argv[4]))
+    if sys.argv[4] == "release":  # until the test says so
+        while not os.path.exists(os.path.join(sys.argv[2], "release-" + sys.argv[1])):
+            time.sleep(0.01)
+    else:
+        time.sleep(float(sys.argv[4]))
 print(info["started"], info["ended"], info["waited_s"], flush=True)
 """
 
@@ -99,15 +104,20 @@ print(info["started"], info["ended"], info["waited_s"], flush=True)
 def test_an_exclusive_slot_waits_for_the_shared_one_and_the_next_shared_waits_for_it(tmp_path):
     def start(worker, mode, hold):
         proc = subprocess.Popen(
-            [sys.executable, "-c", HOLDER, worker, str(tmp_path), mode, str(hold)], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", HOLDER, worker, str(tmp_path), mode, hold], stdout=subprocess.PIPE, text=True
         )
+        assert proc.stdout.readline().strip() == "asking"
         return proc
 
-    reader = start("gw0", "s", 1.0)
+    # Each arrival is ordered by what the processes say, not by how fast they start: under a load
+    # of 10 a fixed 0.3 s head start once let the writer arrive after the reader had left.
+    reader = start("gw0", "s", "release")
     assert reader.stdout.readline().strip() == "holding"
-    writer = start("gw1", "x", 0.5)
-    time.sleep(0.3)  # the writer is now queued at the gate, holding it
-    late_reader = start("gw2", "s", 0.0)
+    writer = start("gw1", "x", "0.5")
+    time.sleep(0.5)  # the writer asked just before: it is now queued at the gate, holding it
+    late_reader = start("gw2", "s", "0")
+    time.sleep(0.5)  # the late reader is now waiting at the gate behind the writer
+    (tmp_path / "release-gw0").touch()
     spans = [tuple(map(float, p.communicate(timeout=30)[0].split()[-3:])) for p in (reader, writer, late_reader)]
     (r_start, r_end, _), (w_start, w_end, w_waited), (l_start, _, _) = spans
     assert w_start >= r_end and w_waited > 0  # the timing slot began after the shared one ended
