@@ -86,14 +86,15 @@ class Forkserver:
         env = dict(env if env is not None else os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         env.setdefault("OMP_NUM_THREADS", "1")  # read at `import torch`; each child sets its request's
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llmcheck.isolation.forkserver", str(self.path), str(os.getpid()), *modules],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.path.with_suffix(".log"), "wb"),  # noqa: SIM115  (the child holds it)
-            start_new_session=True,
-            env=env,
-        )
+        with open(self.path.with_suffix(".log"), "wb") as log:  # why it refused, if it does
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "llmcheck.isolation.forkserver", str(self.path), str(os.getpid()), *modules],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
+                env=env,
+            )
 
     @property
     def starting(self) -> bool:
@@ -116,8 +117,6 @@ class Forkserver:
             self.proc.kill()
             self.proc.wait()
         self.path.unlink(missing_ok=True)
-        if self.proc.stderr:
-            self.proc.stderr.close()
 
 
 # ---------------------------------------------------------------- the caller's side (a worker)
