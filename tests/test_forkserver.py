@@ -30,7 +30,7 @@ def server(tmp_path, monkeypatch):
     s = Forkserver(tmp_path)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     s.start(("json",), env=dict(os.environ))
-    s.settle(timeout=60)
+    s.wait_ready(timeout=60)
     assert s.path.exists(), (tmp_path / "forkserver.log").read_text()
     monkeypatch.setenv(ENV, str(s.path))
     yield s
@@ -100,7 +100,7 @@ def test_the_server_refuses_to_run_when_importing_started_threads(tmp_path, monk
     # OMP_NUM_THREADS=2 makes `import torch` start an OpenMP thread: forking then is not safe
     s = Forkserver(tmp_path)
     s.start(("json",), env=dict(os.environ, OMP_NUM_THREADS="2"))
-    s.settle(timeout=60)
+    s.wait_ready(timeout=60)
     try:
         assert s.proc.wait(10) != 0 and not s.path.exists()
         assert "forking would not be safe" in (tmp_path / "forkserver.log").read_text()
@@ -119,7 +119,7 @@ def test_the_server_goes_with_the_process_that_started_it(tmp_path):
         from llmcheck.isolation.forkserver import Forkserver
         s = Forkserver(Path({str(tmp_path)!r}))
         s.start(("json",), env=dict(os.environ, OMP_NUM_THREADS="1"))
-        s.settle(60)
+        s.wait_ready(60)
         print(s.proc.pid, flush=True)
         os._exit(0)  # no stop(): the server must notice on its own
         """
@@ -129,6 +129,54 @@ def test_the_server_goes_with_the_process_that_started_it(tmp_path):
     deadline = time.monotonic() + 10
     while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
         assert time.monotonic() < deadline, "the fork server outlived the process that started it"
+        time.sleep(0.05)
+
+
+def test_a_starting_server_is_held_still_while_a_timing_item_measures_and_goes_on_after(tmp_path, monkeypatch):
+    _module(tmp_path, "slow_preload", "import time\ntime.sleep(2.0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # the server imports what this process can
+    s = Forkserver(tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    s.start(("slow_preload",), env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        time.sleep(0.2)
+        assert s.starting
+        with s.paused():
+            time.sleep(0.2)
+            assert psutil.Process(s.proc.pid).status() == psutil.STATUS_STOPPED
+            cpu = psutil.Process(s.proc.pid).cpu_times()
+            time.sleep(0.5)
+            assert psutil.Process(s.proc.pid).cpu_times() == cpu  # no import runs beside the measurement
+        assert psutil.Process(s.proc.pid).status() != psutil.STATUS_STOPPED
+        assert s.wait_ready(60)
+        with s.paused():  # a ready server is idle: left alone
+            assert psutil.Process(s.proc.pid).status() != psutil.STATUS_STOPPED
+    finally:
+        s.stop()
+    assert not psutil.pid_exists(s.proc.pid)
+
+
+def test_a_server_held_still_dies_with_the_process_that_started_it(tmp_path):
+    _module(tmp_path, "slow_preload", "import time\ntime.sleep(30)\n")
+    starter = textwrap.dedent(
+        f"""
+        import os, sys, time
+        from pathlib import Path
+        sys.path[:0] = [{str(ROOT)!r}, {str(tmp_path)!r}]
+        from llmcheck.isolation.forkserver import Forkserver
+        s = Forkserver(Path({str(tmp_path)!r}))
+        s.start(("slow_preload",), env=dict(os.environ, OMP_NUM_THREADS="1"))
+        time.sleep(1.0)
+        s.paused().__enter__()  # SIGSTOP, and never SIGCONT
+        print(s.proc.pid, flush=True)
+        os._exit(0)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", starter], capture_output=True, text=True, timeout=120)
+    pid = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "a stopped fork server outlived the process that started it"
         time.sleep(0.05)
 
 

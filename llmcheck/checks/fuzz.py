@@ -289,9 +289,7 @@ def measure(ctx, p) -> dict:
         kept, tail = probe.expected
         out["output_shape"] = "[" + ", ".join([*"BT"[:kept], *map(str, tail)]) + "]"
         ctx.progress(search="free", examples=examples)
-        free = _search(
-            probe, _cases(p.max_batch_size, st.integers(shortest, longest), masks), examples, seed, free_s
-        )
+        free = _search(probe, _cases(p.max_batch_size, st.integers(shortest, longest), masks), examples, seed, free_s)
         searches = [("free", free)]
         if "case" not in free and longest > shortest:
             ctx.progress(search="at max_seq_len")

@@ -5,7 +5,8 @@ interpreter start and ``import torch``, about a second and a quarter on the exam
 (docs/design.md §6), and on two cores the ranks' start-ups run side by side with nothing else to
 do. The fork server pays that once per session, before the check needs it: the pytest process
 starts it while it collects (``Forkserver.start``), it imports torch and the modules a check
-declares (``Check.preload``), then forks a child per request. A forked child is a fresh process in
+declares (``Check.preload``), held still while a timing item measures (``Forkserver.paused``),
+then forks a child per request. A forked child is a fresh process in
 every way that matters to a rank: its own session (``setsid``), its own standard streams (the log
 file asked for), the environment, working directory, ``sys.path`` and ``sys.argv`` of the request,
 and no thread of the server's (the server never starts one, runs no torch operation, and checks
@@ -34,15 +35,18 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ENV = "LLMCHECK_FORKSERVER"  # the socket's path, in the environment of every worker
 ENV_PID = "LLMCHECK_FORKSERVER_PID"  # the server's pid: a caller waits for a server still starting
-READY_TIMEOUT = 60.0  # seconds the pytest process waits for the server's readiness before a timing item
+READY_TIMEOUT = 60.0  # seconds a caller waits for a server that is still starting
 CONNECT_TIMEOUT = 10.0  # seconds a request may take (a fork takes milliseconds)
 REAP = 0.05  # seconds between the server's looks for exited children and a gone parent
 LOST = -9  # the exit status of a child whose status nobody recorded (its server died): as if killed
@@ -100,21 +104,33 @@ class Forkserver:
     def starting(self) -> bool:
         return self.proc is not None and self.proc.poll() is None and not self.path.exists()
 
-    def settle(self, timeout: float = READY_TIMEOUT) -> None:
-        """Wait until the server is ready or gone: its start-up imports torch, which must not run
-        beside a timing measurement. A server not ready within ``timeout`` is stopped (the checks
-        then start their processes as before)."""
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> bool:
+        """Wait until the server is ready or gone; whether it is ready."""
         end = time.monotonic() + timeout
         while self.starting and time.monotonic() < end:
             time.sleep(0.02)
-        if self.starting:
-            self.stop()
+        return self.path.exists()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Hold the server's start-up still (SIGSTOP) while a timing item measures: its imports must
+        not run beside a measurement, and they go on (SIGCONT) beside the next ordinary item instead
+        of delaying the timing one. A server that is ready is idle and left alone. Should the
+        pytest process die meanwhile, the kernel kills the stopped server (its parent-death signal)."""
+        held = self.starting
+        if held:
+            self.proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            if held and self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            self.proc.kill()
+            self.proc.kill()  # SIGKILL ends a stopped process too
             self.proc.wait()
         self.path.unlink(missing_ok=True)
 
@@ -204,15 +220,24 @@ def fork(
 # ---------------------------------------------------------------- the server
 
 
+def _no_death_signal() -> None:
+    try:  # a fork clears it already (Linux); said here so that no child depends on that
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _child(request: dict) -> None:
     """In the forked child: become the process the request describes and run its module."""
     import runpy
-    import signal
     import traceback
 
     code = 1
     try:
         os.setsid()
+        _no_death_signal()
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT else signal.default_int_handler)
         null = os.open(os.devnull, os.O_RDONLY)
@@ -247,11 +272,24 @@ def _child(request: dict) -> None:
             os._exit(code)
 
 
+def _die_with_parent() -> None:
+    """SIGKILL from the kernel when the process that started us dies, even while we are stopped
+    (``paused``): Linux's PR_SET_PDEATHSIG; elsewhere the loop's look at the parent remains."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
 def serve(path: str, parent: int, modules: list[str]) -> None:
     import importlib
-    import signal
     import threading
 
+    _die_with_parent()
+    if os.getppid() != parent:  # it died before the signal was armed
+        return
     import torch  # noqa: F401  (what every child would import first)
 
     for name in modules:

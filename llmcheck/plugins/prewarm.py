@@ -5,10 +5,11 @@ It starts in ``pytest_configure``, before collection, so that its ``import torch
 first worker's (two cores, two start-ups) instead of inside the item that needs it; only the
 selection known then is used: the check is on in the files' and the command line's settings, and
 a ``-k`` or ``-m`` expression, if given, names it or its family. When collection is done it is
-stopped unless a selected, enabled item declares ``preload``. A timing item waits for its start-up
-to end (``settle``) so that no import runs beside a measurement. Not under pytest-xdist: its
-workers' items start their processes as before (a server starting in one worker would run beside
-another worker's timing item).
+stopped unless a selected, enabled item declares ``preload``. While a timing item runs, a server
+still starting is held still (SIGSTOP, then SIGCONT: ``Forkserver.paused``), so that no import runs
+beside a measurement and none delays it either; its start-up goes on beside the ordinary items.
+Not under pytest-xdist: its workers' items start their processes as before (a server starting in
+one worker would run beside another worker's timing item).
 """
 
 from __future__ import annotations

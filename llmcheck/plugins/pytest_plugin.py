@@ -5,6 +5,7 @@ Importing this module must stay cheap: no torch here or in anything it imports a
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -198,10 +199,9 @@ def pytest_runtest_call(item: pytest.Item):
     if not isinstance(item, CheckItem):
         return (yield)
     server = item.config.stash.get(FORKSERVER_KEY, None)
-    if server is not None and item.check.timing:
-        server.settle()  # its start-up must not run beside a measurement
+    quiet = server.paused() if server is not None and item.check.timing else contextlib.nullcontext()
     every = item.config.stash.get(PROGRESS_KEY, 0)
-    with item.config.stash[SLOTS_KEY].hold(exclusive=item.check.timing) as slot:
+    with quiet, item.config.stash[SLOTS_KEY].hold(exclusive=item.check.timing) as slot:
         item.stash[SCHEDULING_KEY] = slot
         ticker = progress.for_item(item, item.config.stash[STATE_KEY].pool, every)
         try:
