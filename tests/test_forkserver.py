@@ -244,17 +244,41 @@ def test_without_the_server_the_ranks_are_new_interpreters_and_the_verdict_is_th
     assert r["metrics"]["ranks_started_by"] == "interpreter"
 
 
-def test_a_session_that_does_not_select_the_check_keeps_no_server(pytester, run_llmcheck):
+class _Config:
+    def __init__(self, **options):
+        self.options = {"keyword": "", "markexpr": "", "numprocesses": None, "dist": "no", **options}
+
+    def getoption(self, name, default=None):
+        return self.options.get(name, default)
+
+
+def test_the_server_is_wanted_only_when_a_check_that_preloads_may_run(monkeypatch):
+    from llmcheck.plugins.prewarm import wanted
+    from llmcheck.plugins.state import State
+    from llmcheck.registry import load_checks
+    from llmcheck.settings import Layer
+
+    monkeypatch.delenv("LLMCHECK_NO_FORKSERVER", raising=False)
+    checks = load_checks()
+    modules = checks["distributed"].preload
+
+    def asked(cli=None, **options):
+        return wanted(_Config(**options), State(checks, [], Layer("the command line", cli or {}), None))
+
+    assert modules and "torch._dynamo" in modules
+    assert asked() == modules  # every check may run
+    assert asked(keyword="distributed or eval") == asked(keyword="not distributed") == modules  # -k names it
+    assert asked(keyword="eval") == ()  # -k names no check that preloads
+    assert asked(markexpr="distributed") == modules and asked(markexpr="compile") == ()
+    assert asked({"distributed": False}) == ()  # turned off
+    assert asked({"profile": "quick"}) == ()  # quick turns the distributed family off
+    assert asked(numprocesses=2) == () and asked(dist="loadfile") == ()  # xdist: not there
+    monkeypatch.setenv("LLMCHECK_NO_FORKSERVER", "1")
+    assert asked() == ()
+
+
+def test_a_server_that_no_selected_item_needs_is_stopped_before_the_first_item(pytester, run_llmcheck):
     pytester.makeconftest(WATCH)
-    seen = pytester.path / "servers.jsonl"
-
-    def servers_while_items_ran(*args):
-        seen.unlink(missing_ok=True)
-        run_llmcheck(CLEAN, *args)
-        return [json.loads(line) for line in seen.read_text().splitlines()]
-
-    assert servers_while_items_ran("-k", "eval") == [[]]  # -k names no check that preloads: never started
-    # turned off on the command line: never started
-    assert servers_while_items_ran("-k", "eval or distributed", "--llmcheck-set", "distributed=false") == [[], []]
-    # -k names it but selects none of it: stopped when collection ended, before the first item
-    assert servers_while_items_ran("-k", "eval and not distributed") == [[]]
+    run_llmcheck(CLEAN, "-k", "eval and not distributed")  # names it, selects none of it
+    seen = [json.loads(line) for line in (pytester.path / "servers.jsonl").read_text().splitlines()]
+    assert seen == [[]]

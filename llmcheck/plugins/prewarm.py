@@ -23,25 +23,22 @@ from llmcheck.plugins.state import State, model_layers
 from llmcheck.settings import SettingsError, resolve
 
 
-def start(config: pytest.Config, state: State, folder) -> Forkserver | None:
-    """The session's fork server, started when a check that preloads may run; None otherwise."""
+def wanted(config: pytest.Config, state: State) -> tuple[str, ...]:
+    """The modules to preload: those of every check that declares ``preload`` and may run in this
+    session (on in the files' and command line's settings, named by ``-k``/``-m`` if given); none
+    under pytest-xdist or with ``LLMCHECK_NO_FORKSERVER`` set."""
     if (
         hasattr(config, "workerinput")
         or config.getoption("numprocesses", None)
         or config.getoption("dist", "no") != "no"
+        or os.environ.get("LLMCHECK_NO_FORKSERVER")
     ):
-        return None
-    if os.environ.get("LLMCHECK_NO_FORKSERVER"):
-        return None
+        return ()
     keyword = (config.getoption("keyword", "") or "").lower()
     marks = (config.getoption("markexpr", "") or "").lower()
     modules: list[str] = []
     for check in state.checks.values():
-        if not check.preload:
-            continue
-        if keyword and check.name not in keyword:
-            continue
-        if marks and check.family not in marks:
+        if not check.preload or (keyword and check.name not in keyword) or (marks and check.family not in marks):
             continue
         try:
             if not resolve([*state.layers, state.cli_layer], state.checks, check)[2]:
@@ -49,10 +46,16 @@ def start(config: pytest.Config, state: State, folder) -> Forkserver | None:
         except SettingsError:
             continue
         modules += [m for m in check.preload if m not in modules]
+    return tuple(modules)
+
+
+def start(config: pytest.Config, state: State, folder) -> Forkserver | None:
+    """The session's fork server, started when a check that preloads may run; None otherwise."""
+    modules = wanted(config, state)
     if not modules:
         return None
     server = Forkserver(folder)
-    server.start(tuple(modules))
+    server.start(modules)
     os.environ[ENV] = str(server.path)  # the workers, started after this, inherit them
     os.environ[ENV_PID] = str(server.proc.pid)
     return server
