@@ -3,6 +3,7 @@
     python benchmarks/false_alarms.py                  # every check to >= 100 runs: about ten seeds of everything
     python benchmarks/false_alarms.py --quick          # seed 0 of everything: does anything fire?
     python benchmarks/false_alarms.py --seeds 2 --models gpt2,nanogpt --checks causal,fuzz --jobs 2
+    python benchmarks/false_alarms.py --combine /tmp/fa-behaviour --combine /tmp/fa-timing=latency,amp
 
 A clean model is one with no bug for any check to find: the examples, stock Hugging Face
 architectures with random weights, the real all-MiniLM-L6-v2 weights (as a model file and as a
@@ -418,6 +419,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--report-only", action="store_true", help="run nothing: tally the finished sessions under --out")
     ap.add_argument("--add", type=Path, action="append", default=[], help="another clean model file or folder")
     ap.add_argument("--quick", action="store_true", help="seed 0 only: one session per target")
+    ap.add_argument(
+        "--combine",
+        action="append",
+        default=[],
+        metavar="DIR[=CHECKS]",
+        help="run nothing: one table from the finished sessions of several --out folders (each limited to CHECKS)",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds = 1
@@ -426,8 +434,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def combine(parts: list[str]) -> str:
+    """One table from the finished sessions of several --out folders, each ``DIR`` (every check)
+    or ``DIR=check,check`` (only those: the checks a folder was run for, or whose code it measured).
+    Runs nothing and collects nothing: each session's run.json holds its records."""
+    runs: list[Run] = []
+    sources = []
+    for part in parts:
+        folder, _, names = part.partition("=")
+        only = {n for n in names.split(",") if n}
+        found = sorted(Path(folder).glob("runs/*/*/run.json"))
+        commits = set()
+        for path in found:
+            kept = json.loads(path.read_text())
+            kept["results"] = [r for r in kept["results"] if not only or r["check"] in only]
+            runs.append(Run(**{**kept, "pairs": [tuple(x) for x in kept["pairs"]]}))
+        summary = Path(folder) / "summary.json"
+        if summary.exists():
+            commits.add(json.loads(summary.read_text())["environment"]["commit"])
+        checks = ", ".join(sorted(only)) if only else "every check"
+        sources.append(
+            f"- {folder}: {len(found)} sessions; {checks}" + (f" (llmcheck {', '.join(commits)})" if commits else "")
+        )
+    alarms = alarm_list(runs)
+    return "\n".join(
+        [
+            "Combined from:",
+            *sources,
+            "",
+            markdown_table(tally(runs)),
+            "",
+            f"Alarms ({len(alarms)} distinct):" if alarms else "No alarms.",
+            *alarms,
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.combine:
+        print(combine(args.combine))
+        return 0
     started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
     models = [s for s in args.models.split(",") if s]

@@ -70,3 +70,27 @@ def test_the_adaptive_plan_gives_a_check_that_runs_on_fewer_models_more_seeds(fa
     plan = false_alarms.plan_top_up(first, targets, min_runs=10, max_seeds=100)
     assert {(r.target, r.seed) for r in plan} == {(t, s) for t in "ab" for s in range(1, 5)}  # 2 runs a seed
     assert all(r.pairs in ([("m", "causal")], [("n", "causal")]) for r in plan)  # the skipped check is not rerun
+
+
+def test_combine_tallies_each_folder_for_its_own_checks_and_lists_every_alarm(false_alarms, tmp_path):
+    import json
+
+    def session(folder, target, seed, results):
+        run = false_alarms.Run(target, seed, sorted({(r["model"], r["check"]) for r in results}), True)
+        run.results = results
+        path = tmp_path / folder / "runs" / target / f"seed{seed}"
+        path.mkdir(parents=True)
+        (path / "run.json").write_text(json.dumps(false_alarms.asdict(run)))
+
+    def record(check, status, model="m", message=""):
+        return {"id": f"t::{model}::{check}", "model": model, "check": check, "status": status, "message": message}
+
+    session("old", "t", 0, [record("eval", "passed"), record("training", "failed", message="a spike")])
+    session("old", "t", 1, [record("eval", "passed"), record("training", "passed")])
+    session("new", "t", 0, [record("training", "passed"), record("training", "skipped", model="n")])
+    text = false_alarms.combine([f"{tmp_path / 'old'}=eval", str(tmp_path / "new")])
+    assert "| eval | 2 | 1 | 0 | " in text  # the old folder counts for eval only: its training alarm is left out
+    assert "| training | 1 | 1 | 0 | " in text and "| 1 |" in text.split("| training |")[1].splitlines()[0]
+    assert "No alarms." in text
+    text = false_alarms.combine([str(tmp_path / "old")])
+    assert "Alarms (1 distinct):" in text and "`training` on t::m (`training`), failed under seed(s) 0: a spike" in text
