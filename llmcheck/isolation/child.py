@@ -272,17 +272,10 @@ def watch_parent(parent: int, every: float = 0.5) -> None:
 
     adopted = os.getppid() != parent  # forked by the fork server for ``parent`` (a distributed rank)
 
+    from llmcheck.isolation.forkserver import running
+
     def gone() -> bool:
-        if not adopted:
-            return os.getppid() != parent
-        try:
-            os.kill(parent, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            pass
-        with open(f"/proc/{parent}/stat", "rb") as f:  # a zombie is gone too: it was not reaped yet
-            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+        return os.getppid() != parent if not adopted else not running(parent)
 
     def watch():
         while not gone():

@@ -62,8 +62,8 @@ def _exists(pid: int) -> bool:
     return True
 
 
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (a server that failed to start, not yet reaped by its parent)."""
+def running(pid: int) -> bool:
+    """Alive and not a zombie (exited, not yet reaped by its parent)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
@@ -179,7 +179,7 @@ def _ready(path: str, server: int) -> bool:
     runs while pytest collects; the first item may need it before it is done)."""
     end = time.monotonic() + READY_TIMEOUT
     while not os.path.exists(path):
-        if not server or not _running(server) or time.monotonic() > end:
+        if not server or not running(server) or time.monotonic() > end:
             return False
         time.sleep(0.02)
     return True
