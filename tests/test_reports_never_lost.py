@@ -61,6 +61,14 @@ def alive(pid: int) -> bool:
     return True
 
 
+def _as_from_a_terminal() -> None:
+    """SIGINT handled as in a shell: under `-n 4` the session twice ignored it in CI (the xdist
+    worker that starts it may have SIGINT ignored or blocked, and both are inherited across exec;
+    Python installs its KeyboardInterrupt handler only over the default disposition)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
 def test_killing_the_session_mid_run_leaves_a_valid_report_of_what_finished(tmp_path, sig):
     (tmp_path / "model.py").write_text(HANGS_IN_EVAL)
@@ -80,7 +88,14 @@ def test_killing_the_session_mid_run_leaves_a_valid_report_of_what_finished(tmp_
         "report.html",
     ]
     with open(tmp_path / "out.txt", "wb") as out:
-        session = subprocess.Popen(cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        session = subprocess.Popen(
+            cmd,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_as_from_a_terminal,
+        )
     worker = None
     try:
         # the model creates hung.pid, then writes its pid: wait for the digits, not only the file
