@@ -110,6 +110,17 @@ def test_the_server_refuses_to_run_when_importing_started_threads(tmp_path, monk
         s.stop()
 
 
+def _gone_with_its_starter(starter: str, why: str) -> None:
+    """Run ``starter`` (it prints the server's pid, then exits without stopping it); the server must
+    be gone (or a zombie) within 10 s."""
+    out = subprocess.run([sys.executable, "-c", starter], capture_output=True, text=True, timeout=120)
+    pid = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, why
+        time.sleep(0.05)
+
+
 def test_the_server_goes_with_the_process_that_started_it(tmp_path):
     starter = textwrap.dedent(
         f"""
@@ -124,12 +135,7 @@ def test_the_server_goes_with_the_process_that_started_it(tmp_path):
         os._exit(0)  # no stop(): the server must notice on its own
         """
     )
-    out = subprocess.run([sys.executable, "-c", starter], capture_output=True, text=True, timeout=120)
-    pid = int(out.stdout.split()[0])
-    deadline = time.monotonic() + 10
-    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-        assert time.monotonic() < deadline, "the fork server outlived the process that started it"
-        time.sleep(0.05)
+    _gone_with_its_starter(starter, "the fork server outlived the process that started it")
 
 
 def test_a_starting_server_is_held_still_while_a_timing_item_measures_and_goes_on_after(tmp_path, monkeypatch):
@@ -172,12 +178,7 @@ def test_a_server_held_still_dies_with_the_process_that_started_it(tmp_path):
         os._exit(0)
         """
     )
-    out = subprocess.run([sys.executable, "-c", starter], capture_output=True, text=True, timeout=120)
-    pid = int(out.stdout.split()[0])
-    deadline = time.monotonic() + 10
-    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-        assert time.monotonic() < deadline, "a stopped fork server outlived the process that started it"
-        time.sleep(0.05)
+    _gone_with_its_starter(starter, "a stopped fork server outlived the process that started it")
 
 
 def test_a_forked_child_watching_a_parent_that_dies_ends_its_group(server, tmp_path):
