@@ -184,3 +184,24 @@ def test_the_tolerance_follows_the_dtype_and_the_worst_parameter_is_named():
         "max |Δ| = 0.001 > 1e-07 + 1e-05 × max |ref| 0.5 = 5.1e-06"
     )
     assert judge({**metrics, "dtype": "float32"}, SimpleNamespace(rtol=0.01, atol=0.0)).status == "passed"
+
+
+def test_a_rank_that_lost_its_peer_is_never_blamed_first_whatever_the_exit_times():
+    from llmcheck.checks.distributed.launch import _blame_causes
+
+    lost = "RuntimeError: [../gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:49901"
+
+    def failed(first_by_time: int) -> list[dict]:
+        rows = [
+            {"rank": 0, "first": first_by_time == 0, "peer_lost": True, "error": lost},
+            {"rank": 1, "first": first_by_time == 1, "peer_lost": False, "error": "RuntimeError: boom on rank 1"},
+        ]
+        _blame_causes(rows)
+        return rows
+
+    for by_time in (0, 1):  # the peer noticed first (seen under load in CI), or the cause exited first
+        rows = failed(by_time)
+        assert [f["rank"] for f in rows if f["first"]] == [1] and all("peer_lost" not in f for f in rows)
+    both_lost = [{"rank": r, "first": r == 0, "peer_lost": True, "error": lost} for r in (0, 1)]
+    _blame_causes(both_lost)  # nothing better known: the exit times stand
+    assert [f["rank"] for f in both_lost if f["first"]] == [0]

@@ -34,6 +34,12 @@ POLL = 0.05  # seconds between looks at the ranks
 TAIL = 2_000  # bytes of a failed rank's output kept in the message
 EVIDENCE = 64_000  # bytes of it searched for the exception and the model's line
 FOLLOW = 3.0  # seconds the other ranks get to exit on their own once one has failed
+# What a rank says when it failed because a peer went away: the consequence, never the cause.
+PEER_LOST = re.compile(
+    r"Connection closed by peer|Connection reset by peer|remote worker crashing|Broken pipe"
+    r"|NCCL communicator was aborted|Socket Timeout",
+    re.I,
+)
 
 
 @dataclass
@@ -213,14 +219,29 @@ def _failed(ranks: list[Rank], first: list[int]) -> dict:
                     "exit": describe_exit(code),
                     "phase": r.phase(),
                     "first": r.rank in first,
+                    "peer_lost": bool(PEER_LOST.search(_last_exception(evidence))),
                     "error": _last_exception(evidence),
                     "at": frames.traceback_user_line(evidence),
                     "output": output,
                 }
             )
+    _blame_causes(failed)
     running = [r for r in ranks if r.proc.poll() is None]
     stuck = _stuck(running, "hang", 0) if running else {"stuck": [], "stacks": ""}
     return {"outcome": "rank_failed", "failed": failed, "stuck": stuck["stuck"], "stacks": stuck["stacks"]}
+
+
+def _blame_causes(failed: list[dict]) -> None:
+    """A rank whose error is a lost peer (gloo's "Connection closed by peer") failed because
+    another did: when some rank failed otherwise, those ranks are first, whatever the exit times
+    say (the rank that raised may spend longer unwinding than its peer takes to notice)."""
+    causes = [f for f in failed if not f["peer_lost"]]
+    if causes and any(f["first"] and f["peer_lost"] for f in failed):
+        first = {f["rank"] for f in causes if f["first"]} or {f["rank"] for f in causes}
+        for f in failed:
+            f["first"] = f["rank"] in first
+    for f in failed:
+        del f["peer_lost"]
 
 
 def _last_exception(output: str) -> str:
