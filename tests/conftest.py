@@ -15,6 +15,26 @@ from model_sources import CLEAN
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def _import_what_a_session_imports() -> None:
+    """Import, once per test process, every module a ``pytest --llmcheck`` session imports: the
+    plugin, every built-in check's declaration (no torch among them), and hypothesis, which its
+    pytest plugin imports at each session's terminal summary. pytester's in-process sessions drop
+    the modules first imported during them (its sys.modules snapshot), so each session imported
+    those ~160 modules again, and pytest compiled and assertion-rewrote each anew (a plugin's
+    package is rewritten; the image sets PYTHONDONTWRITEBYTECODE, so nothing is cached): about
+    1 s of CPU per session, some 200 sessions a run, on two cores."""
+    import hypothesis  # noqa: F401
+
+    import llmcheck.plugins.pytest_plugin  # noqa: F401
+    import llmcheck.plugins.xdist_hooks  # noqa: F401
+    from llmcheck.registry import load_checks
+
+    load_checks()
+
+
+_import_what_a_session_imports()
+
+
 @pytest.fixture
 def run_llmcheck(pytester):
     """Write a model file and run ``pytest --llmcheck`` on it in-process.

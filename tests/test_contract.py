@@ -29,6 +29,31 @@ def test_the_example_model_passes_every_check(pytester):
     assert frozen["tiny_gpt"]["status"] == "skipped" and "nothing is frozen" in frozen["tiny_gpt"]["message"]
     assert frozen["tiny_gpt_finetune"]["status"] == "passed"
     assert all(r["message"] for r in records if r["status"] == "skipped")  # every skip says why
+    # The same run proves what tests of single checks on the example would otherwise repeat, each a
+    # session of its own: the equivalence checks' verdicts and reasons (issue 18), and DDP on both
+    # the example and its fine-tuning set-up (tests/test_distributed.py tests the failures).
+    found = {(r["model"], r["id"].rsplit("::", 1)[-1]): r for r in records}
+    five = ("compile[default]", "compile[reduce-overhead]", "export", "attention", "checkpointing", "static-cache")
+    assert {item: found["tiny_gpt", item]["status"] for item in five} == {
+        "compile[default]": "passed",
+        "compile[reduce-overhead]": "skipped",
+        "export": "passed",
+        "attention": "passed",
+        "checkpointing": "skipped",
+        "static-cache": "skipped",
+    }
+    compiled = found["tiny_gpt", "compile[default]"]["message"]
+    assert "backend aot_eager" in compiled and "0 graph break(s)" in compiled
+    assert "1 recompilation(s) across lengths [3, 12, 20, 29, 38, 47, 55, 64] (budget 1)" in compiled
+    assert "needs a CUDA device" in found["tiny_gpt", "compile[reduce-overhead]"]["message"]
+    assert "dynamic batch and seq <= 64" in found["tiny_gpt", "export"]["message"]
+    attention = found["tiny_gpt", "attention"]["message"]
+    assert "sdpa[math], sdpa[flash] agree" in attention and "float16 skipped" in attention
+    assert "no gradient checkpointing switch" in found["tiny_gpt", "checkpointing"]["message"]
+    assert "no Hugging Face generate()" in found["tiny_gpt", "static-cache"]["message"]
+    for model in ("tiny_gpt", "tiny_gpt_finetune"):
+        ddp = found[model, "distributed"]
+        assert ddp["status"] == "passed" and "DDP on 2 gloo ranks" in ddp["message"], ddp["message"]
 
 
 def test_item_ids_read_file_model_check_and_k_selects(run_llmcheck):

@@ -39,10 +39,8 @@ def test_ddp_on_two_gloo_ranks_equals_one_process_on_the_whole_batch(run_llmchec
     assert set(r["artifacts"]) == {"rank0.log", "rank1.log"}
 
 
-def test_the_example_tiny_gpt_and_its_fine_tuning_set_up_pass_the_distributed_check(pytester):
-    result = pytester.runpytest("--llmcheck", str(EXAMPLE), "-p", "no:cacheprovider", *ONLY, "-rA")
-    result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["*tiny_gpt::distributed*", "*tiny_gpt_finetune::distributed*"])
+# The example and its fine-tuning set-up pass: asserted on tests/test_contract.py's run of the
+# whole default suite on the example.
 
 
 def test_a_forward_that_depends_on_the_rank_fails_naming_the_line_and_the_parameter(run_llmcheck):

@@ -5,7 +5,6 @@ the culprit (issue 18). Clean models: the example, tiny-config Hugging Face GPT-
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 from equivalence_sources import (
@@ -26,7 +25,6 @@ from equivalence_sources import (
 needs_transformers = pytest.mark.skipif(
     importlib.util.find_spec("transformers") is None, reason="transformers is not installed"
 )
-EXAMPLE = (Path(__file__).resolve().parents[1] / "examples" / "tiny_gpt.py").read_text()
 FIVE = "compile or export or attention or checkpointing or static-cache"
 
 
@@ -39,26 +37,8 @@ def results(run) -> dict[tuple[str, str], dict]:
     return {(r["model"], r["id"].rsplit("::", 1)[-1]): r for r in run.report["results"]}
 
 
-def test_the_example_passes_compile_export_and_attention_and_says_why_the_others_do_not_apply(run_llmcheck):
-    found = results(run_llmcheck(EXAMPLE, "-k", f"tiny_gpt and not finetune and ({FIVE})"))
-    status = {item: r["status"] for (_, item), r in found.items()}
-    assert status == {
-        "compile[default]": "passed",
-        "compile[reduce-overhead]": "skipped",
-        "export": "passed",
-        "attention": "passed",
-        "checkpointing": "skipped",
-        "static-cache": "skipped",
-    }, found
-    compiled = found["tiny_gpt", "compile[default]"]["message"]
-    assert "backend aot_eager" in compiled and "0 graph break(s)" in compiled
-    assert "1 recompilation(s) across lengths [3, 12, 20, 29, 38, 47, 55, 64] (budget 1)" in compiled
-    assert "needs a CUDA device" in found["tiny_gpt", "compile[reduce-overhead]"]["message"]
-    assert "dynamic batch and seq <= 64" in found["tiny_gpt", "export"]["message"]
-    attention = found["tiny_gpt", "attention"]["message"]
-    assert "sdpa[math], sdpa[flash] agree" in attention and "float16 skipped" in attention
-    assert "no gradient checkpointing switch" in found["tiny_gpt", "checkpointing"]["message"]
-    assert "no Hugging Face generate()" in found["tiny_gpt", "static-cache"]["message"]
+# The example's verdicts on these checks are asserted on tests/test_contract.py's run of the whole
+# default suite on it (one session instead of two).
 
 
 @needs_transformers
