@@ -4,6 +4,7 @@
     python benchmarks/false_alarms.py --quick          # seed 0 of everything: does anything fire?
     python benchmarks/false_alarms.py --seeds 2 --models gpt2,nanogpt --checks causal,fuzz --jobs 2
     python benchmarks/false_alarms.py --combine /tmp/fa-behaviour --combine /tmp/fa-timing=latency,amp
+    python benchmarks/false_alarms.py --combine /tmp/fa-behaviour --export benchmarks/results/false_alarms.jsonl.gz
 
 A clean model is one with no bug for any check to find: the examples, stock Hugging Face
 architectures with random weights, the real all-MiniLM-L6-v2 weights (as a model file and as a
@@ -30,6 +31,7 @@ default) unless only the behaviour checks matter.
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import importlib.resources
 import json
@@ -424,7 +426,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="DIR[=CHECKS]",
-        help="run nothing: one table from the finished sessions of several --out folders (each limited to CHECKS)",
+        help="run nothing: one table from the finished sessions of several --out folders or --export files"
+        " (each limited to CHECKS)",
+    )
+    ap.add_argument(
+        "--export",
+        type=Path,
+        metavar="FILE",
+        help="with --combine: also write the combined sessions to FILE (JSON lines, gzipped for .gz)",
     )
     args = ap.parse_args(argv)
     if args.quick:
@@ -434,35 +443,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def combine(parts: list[str]) -> str:
-    """One table from the finished sessions of several --out folders, each ``DIR`` (every check)
-    or ``DIR=check,check`` (only those: the checks a folder was run for, or whose code it measured).
-    Runs nothing and collects nothing: each session's run.json holds its records."""
-    runs: list[Run] = []
+def _open(path: Path, mode: str):
+    return gzip.open(path, mode + "t") if path.suffix == ".gz" else open(path, mode)
+
+
+def gather(parts: list[str]) -> tuple[list[tuple[Run, str]], list[str]]:
+    """The finished sessions of several sources, each ``SOURCE`` (every check) or
+    ``SOURCE=check,check`` (only those: the checks a source was run for, or whose code it measured),
+    with the llmcheck commit each ran; a source is an --out folder or a file written by --export."""
+    runs: list[tuple[Run, str]] = []
     sources = []
     for part in parts:
-        folder, _, names = part.partition("=")
+        source, _, names = part.partition("=")
         only = {n for n in names.split(",") if n}
-        found = sorted(Path(folder).glob("runs/*/*/run.json"))
-        commits = set()
-        for path in found:
-            kept = json.loads(path.read_text())
-            kept["results"] = [r for r in kept["results"] if not only or r["check"] in only]
-            runs.append(Run(**{**kept, "pairs": [tuple(x) for x in kept["pairs"]]}))
-        summary = Path(folder) / "summary.json"
-        if summary.exists():
-            commits.add(json.loads(summary.read_text())["environment"]["commit"])
+        if Path(source).is_file():
+            with _open(Path(source), "r") as f:
+                kept = [(json.loads(line), None) for line in f if line.strip()]
+            kept = [(line["run"], line["commit"]) for line, _ in kept]
+        else:
+            summary = Path(source) / "summary.json"
+            commit = json.loads(summary.read_text())["environment"]["commit"] if summary.exists() else "unknown"
+            kept = [(json.loads(path.read_text()), commit) for path in sorted(Path(source).glob("runs/*/*/run.json"))]
+        for run, commit in kept:
+            run["results"] = [r for r in run["results"] if not only or r["check"] in only]
+            runs.append((Run(**{**run, "pairs": [tuple(x) for x in run["pairs"]]}), commit))
+        commits = sorted({commit for _, commit in kept})
         checks = ", ".join(sorted(only)) if only else "every check"
-        sources.append(
-            f"- {folder}: {len(found)} sessions; {checks}" + (f" (llmcheck {', '.join(commits)})" if commits else "")
-        )
-    alarms = alarm_list(runs)
+        sources.append(f"- {source}: {len(kept)} sessions; {checks} (llmcheck {', '.join(commits) or 'unknown'})")
+    return runs, sources
+
+
+def export(runs: list[tuple[Run, str]], path: Path) -> None:
+    """One JSON line per session (its records and the llmcheck commit it ran), gzipped for a .gz
+    name: small enough to keep beside the README's table, and a --combine source like a folder."""
+    with _open(path, "w") as f:
+        for run, commit in runs:
+            f.write(json.dumps({"run": asdict(run), "commit": commit}) + "\n")
+
+
+def combine(parts: list[str], export_to: Path | None = None) -> str:
+    """One table from the finished sessions of several sources (see ``gather``). Runs nothing and
+    collects nothing: each session's run.json holds its records."""
+    runs, sources = gather(parts)
+    if export_to is not None:
+        export(runs, export_to)
+        sources.append(f"written to {export_to}: {len(runs)} sessions")
+    alarms = alarm_list([run for run, _ in runs])
     return "\n".join(
         [
             "Combined from:",
             *sources,
             "",
-            markdown_table(tally(runs)),
+            markdown_table(tally([run for run, _ in runs])),
             "",
             f"Alarms ({len(alarms)} distinct):" if alarms else "No alarms.",
             *alarms,
@@ -473,7 +505,7 @@ def combine(parts: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.combine:
-        print(combine(args.combine))
+        print(combine(args.combine, args.export))
         return 0
     started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -94,3 +94,9 @@ def test_combine_tallies_each_folder_for_its_own_checks_and_lists_every_alarm(fa
     assert "No alarms." in text
     text = false_alarms.combine([str(tmp_path / "old")])
     assert "Alarms (1 distinct):" in text and "`training` on t::m (`training`), failed under seed(s) 0: a spike" in text
+    # An exported file is a source like a folder, with the same records and each session's commit.
+    exported = tmp_path / "kept.jsonl.gz"
+    false_alarms.combine([f"{tmp_path / 'old'}=eval", str(tmp_path / "new")], export_to=exported)
+    again = false_alarms.combine([f"{exported}=training"])
+    assert "| training | 1 | 1 | 0 | " in again and "| eval |" not in again
+    assert f"- {exported}: 3 sessions; training (llmcheck unknown)" in again
