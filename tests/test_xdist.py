@@ -3,6 +3,7 @@ one report written by the controller, runs timing checks alone, and reports a cr
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -58,7 +59,8 @@ def test_n_2_gives_the_outcomes_of_a_serial_run_in_one_report(run_llmcheck, pyte
     spread.stdout.fnmatch_lines(["*llmcheck JSON report: report.json*"])
 
 
-def test_a_timing_check_never_runs_beside_another_item_under_xdist(run_llmcheck):
+def test_a_timing_check_never_runs_beside_another_item_under_xdist(run_llmcheck, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # torch's own thread count, as a user has it
     result = run_llmcheck(
         CLEAN,
         "-n",
@@ -74,6 +76,18 @@ def test_a_timing_check_never_runs_beside_another_item_under_xdist(run_llmcheck)
     assert all(r["scheduling"]["exclusive"] is False for r in records if r["check"] != "latency")
     assert all(r["scheduling"]["ended"] >= r["scheduling"]["started"] for r in records)
     assert overlapping(records) == []
+    # Ordinary items ran with their share of the cores (two workers, each with torch's one thread a
+    # core, oversubscribe them); the timing item, alone on the machine, with torch's own setting.
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    for r in records:
+        if r["check"] != "latency":
+            assert (r["scheduling"]["share"], r["scheduling"]["torch_threads"]) == (share, share), r["scheduling"]
+    latency = result.by_check["latency"]
+    assert latency["scheduling"]["share"] is None
+    default = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.get_num_threads())"], capture_output=True, text=True
+    )
+    assert latency["scheduling"]["torch_threads"] == int(default.stdout)
 
 
 def test_overlapping_finds_a_timing_item_that_shared_the_machine():

@@ -76,6 +76,7 @@ class ChildLoop:
         self.channel = channel
         self.calls = calls  # a Heartbeat the parent reads, or None
         self.checks = None
+        self.default_threads: int | None = None  # torch's own thread count, read before a check changes it
         # This process's start-up (interpreter, import torch): in the phases of the first command's result.
         self.startup = dict(startup or {})
         self.startup_s = sum(self.startup.values()) if self.startup else None
@@ -114,6 +115,7 @@ class ChildLoop:
     def run(self, msg: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
         phases, self.startup = {k: round(v, 4) for k, v in self.startup.items()}, {}
+        threads = self._threads(msg.get("threads"))
         result = self._run(msg, phases)
         result.duration_s = time.perf_counter() - started
         result.phases = phases
@@ -125,7 +127,17 @@ class ChildLoop:
         gc.freeze()
         sys.stdout.flush()
         sys.stderr.flush()
-        return {"op": "result", "result": result.to_json(), "retire": _had_cuda_oom()}
+        return {"op": "result", "result": result.to_json(), "retire": _had_cuda_oom(), "torch_threads": threads}
+
+    def _threads(self, asked: int | None) -> int:
+        """Set torch's threads for one check: ``asked`` (an ordinary item's share of the cores under
+        pytest-xdist, llmcheck.plugins.scheduling), else torch's own setting at the worker's start."""
+        import torch
+
+        if self.default_threads is None:
+            self.default_threads = torch.get_num_threads()
+        torch.set_num_threads(asked or self.default_threads)
+        return torch.get_num_threads()
 
     def _run(self, msg: dict[str, Any], phases: dict[str, float]) -> Result:
         import torch

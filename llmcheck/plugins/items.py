@@ -15,6 +15,7 @@ import pytest
 
 from llmcheck.isolation.processes import spread_over_processes
 from llmcheck.isolation.worker import WorkerFailure, run_message
+from llmcheck.plugins.scheduling import SCHEDULING_KEY
 from llmcheck.plugins.state import STATE_KEY, State, model_layers
 from llmcheck.registry import Check, variant_id
 from llmcheck.reports.plain import printable
@@ -143,6 +144,8 @@ class CheckItem(pytest.Item):
             name, source = self.check.name, turned_off_by(layers, state.checks, self.check.name)
             return Result("skipped", f"{name} is turned off by {source}; --llmcheck-set {name}=true turns it on")
         message = run_message(str(self.path), self.model["name"], self.check.name, params, glob, self.variant)
+        slot = self.stash.get(SCHEDULING_KEY, {})
+        message["threads"] = slot.get("share")
         try:
             reply, output = state.pool.request(
                 (str(self.path), self.model["name"]),
@@ -154,6 +157,8 @@ class CheckItem(pytest.Item):
             return Result(exc.status, exc.message, exc.metrics, trace=exc.trace, output=exc.output)
         result = Result.from_json(reply["result"])
         result.output = output
+        if slot and reply.get("torch_threads"):
+            slot["torch_threads"] = reply["torch_threads"]  # what the check ran with
         return spread_over_processes(
             self.check, message, params, glob, result, state.pool, (str(self.path), self.model["name"])
         )

@@ -16,7 +16,7 @@ from llmcheck.isolation.worker import WorkerPool
 from llmcheck.plugins import ab_items, benchmark_bridge, prewarm, progress
 from llmcheck.plugins.items import CheckItem, ModelDir, ModelFile, declares_models
 from llmcheck.plugins.report_writer import RECORD_ATTR, ReportWriter
-from llmcheck.plugins.scheduling import Slots
+from llmcheck.plugins.scheduling import SCHEDULING_KEY, Slots
 from llmcheck.plugins.state import STATE_KEY, State
 from llmcheck.registry import RegistryError, load_checks
 from llmcheck.settings import PROFILES, Layer, SettingsError, assignments, profile_layer, pyproject_layer
@@ -26,7 +26,6 @@ WRITER_KEY = pytest.StashKey[ReportWriter]()
 TMP_KEY = pytest.StashKey[Path]()
 PROGRESS_KEY = pytest.StashKey[float]()
 SLOTS_KEY = pytest.StashKey[Slots]()
-SCHEDULING_KEY = pytest.StashKey[dict]()  # on an item: when it ran, on which xdist worker, how long it waited
 FORKSERVER_KEY = pytest.StashKey[object]()  # the session's fork server (plugins/prewarm.py), or None
 
 

@@ -8,6 +8,12 @@ machine-wide readers-writer lock for as long as it runs: ordinary checks share i
 The lock prefers writers, so a timing check waits for the items already running to end, not for
 the queue of every other worker to drain.
 
+Ordinary items also get their share of the cores: under ``-n N`` each runs its check with torch's
+threads set to cores // N (unless OMP_NUM_THREADS is set), since N workers each with one thread per
+core oversubscribe them, and torch's spin-waiting thread pools then make small ops a hundred times
+slower (a tiny LSTM's forward 0.85 s instead of ~1 ms, two sessions on two cores), which the checks'
+budgets read as the model's cost. A timing item, alone on the machine, keeps torch's own setting.
+
 The lock is two ``fcntl.flock`` files in a folder the controller makes for the run and hands to
 every worker (``pytest_configure_node``): ``gate`` orders the arrivals, ``room`` is shared by
 ordinary items and exclusive to a timing one. ``flock`` locks belong to an open file and go away
@@ -29,6 +35,7 @@ from typing import Any
 import pytest
 
 WORKERINPUT_KEY = "llmcheck_slots"  # the folder of the lock files, in each xdist worker's workerinput
+SCHEDULING_KEY = pytest.StashKey[dict]()  # on an item: when it ran, on which xdist worker, how long it waited
 
 
 class Slots:
@@ -42,11 +49,21 @@ class Slots:
         if workerinput and workerinput.get(WORKERINPUT_KEY) and self.workers > 1:
             self.base = Path(workerinput[WORKERINPUT_KEY]) / "slot"
 
+    def threads(self, exclusive: bool) -> int | None:
+        """torch's threads for one item's check: an ordinary item's share of the cores under
+        pytest-xdist; None (torch's own setting) outside xdist, for a timing item, or when the
+        user set OMP_NUM_THREADS."""
+        if self.base is None or exclusive or os.environ.get("OMP_NUM_THREADS"):
+            return None
+        return max(1, len(os.sched_getaffinity(0)) // self.workers)
+
     @contextmanager
     def hold(self, exclusive: bool) -> Iterator[dict[str, Any]]:
-        """Hold a slot for one item; yields the item's ``scheduling`` record, filled in on exit."""
+        """Hold a slot for one item; yields the item's ``scheduling`` record, filled in on exit
+        (``share``: the torch threads asked for its check, see ``threads``)."""
         asked = time.time()
         info: dict[str, Any] = {"worker": self.worker, "workers": self.workers, "exclusive": exclusive}
+        info["share"] = self.threads(exclusive)
         if self.base is None:
             info.update(started=asked, waited_s=0.0)
             try:
