@@ -23,6 +23,11 @@ A run killed by --run-timeout, or a session that dies, counts its unreported ite
 (not applicable, turned off, or inconclusive within its time budget on a loaded machine) is not a
 run: the table counts skips apart, and summary.json keeps every message.
 
+With --jobs N the sessions split torch's threads (OMP_NUM_THREADS = cores / N, unless set): two
+sessions each with one thread per core measured a tiny LSTM's forward at 0.85 s instead of ~1 ms,
+and the checks' budgets planned from that. --export writes the finished sessions as one gzipped
+JSON-lines file, which --combine reads like an --out folder: keep it with the table it made.
+
 Bounds are one-sided 95% Clopper-Pearson upper limits on the alarm rate per run (3/n, the rule of
 three, when none was seen). Timing checks judge noise on a shared machine: keep --jobs 1 (the
 default) unless only the behaviour checks matter.
